@@ -1,0 +1,35 @@
+# The README's commands. Everything they need is installed into .cache/
+# (git-ignored) from the package registries on first use.
+SHELL := /bin/bash
+export CHDB_LIB_PATH ?= $(CURDIR)/.cache/chdb/26.5.3/libchdb.so
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: run test build install vet fmt lint clean stop help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+run: ## install what is missing, start Kafka and run `meterline serve` (Ctrl-C stops all)
+	@deploy/run.sh
+
+test: ## install what is missing, start the shared servers, run every test
+	@deploy/test.sh
+
+build: ## build bin/meterline
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meterline ./cmd/meterline
+
+install: ## install Kafka, libchdb.so and stripe-mock into .cache/
+	deploy/install.sh
+
+vet: ## go vet and gofmt check
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l . | grep -v '^.cache/')" || { gofmt -l . | grep -v '^.cache/'; echo 'gofmt needed'; exit 1; }
+
+stop: ## stop a Kafka broker left running by `make run`
+	deploy/kafka.sh stop
+
+clean: ## remove local run state (.run/) and bin/; keeps the download cache
+	deploy/kafka.sh stop || true
+	rm -rf .run bin

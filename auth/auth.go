@@ -1,0 +1,178 @@
+// Package auth authenticates HTTP callers by bearer token and tells what each
+// token may do.
+//
+// Tokens are never stored: the configuration holds the SHA-256 of each token
+// (hex), so a leaked config file does not leak credentials. Lookup hashes the
+// presented token and compares it with every stored hash in constant time, so
+// the time taken does not reveal which stored hash is closest.
+package auth
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Scope is one permission a token carries.
+type Scope string
+
+// Scopes understood by Meterline. A customer scope is written
+// "customer:<customer_id>" and limits reads to that customer.
+const (
+	ScopeIngest  Scope = "ingest"  // POST /v1/events
+	ScopeAdmin   Scope = "admin"   // everything, including raw event reads and privacy operations
+	ScopeFinance Scope = "finance" // read usage and billing of every customer
+)
+
+// CustomerScopePrefix starts a scope that grants reads of one customer's data.
+const CustomerScopePrefix = "customer:"
+
+// TokenConfig is one token entry of the configuration file.
+type TokenConfig struct {
+	// Name identifies the holder (a gateway, a dashboard) in logs and metrics.
+	Name string `yaml:"name"`
+	// SHA256 is the hex SHA-256 of the token. `meterline token new` prints one.
+	SHA256 string `yaml:"sha256"`
+	// Scopes lists what the token may do: ingest, admin, finance, customer:<id>.
+	Scopes []string `yaml:"scopes"`
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	Name   string
+	Scopes []Scope
+}
+
+// Has reports whether the principal carries scope s.
+func (p Principal) Has(s Scope) bool {
+	for _, have := range p.Scopes {
+		if have == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Customers returns the customer ids the principal is scoped to, if any.
+func (p Principal) Customers() []string {
+	var out []string
+	for _, s := range p.Scopes {
+		if c, ok := strings.CutPrefix(string(s), CustomerScopePrefix); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Errors returned by Authenticate; the HTTP layer maps both to 401.
+var (
+	ErrNoToken      = errors.New("missing bearer token: send 'Authorization: Bearer <token>'")
+	ErrInvalidToken = errors.New("invalid bearer token")
+)
+
+type entry struct {
+	hash      [sha256.Size]byte
+	principal Principal
+}
+
+// Tokens is an immutable set of known tokens. The zero value knows none.
+type Tokens struct {
+	entries []entry
+}
+
+// New validates the configured tokens and builds the set. Every problem is
+// reported, naming the entry.
+func New(cfg []TokenConfig) (*Tokens, error) {
+	var errs []error
+	t := &Tokens{}
+	seen := map[string]bool{}
+	for i, c := range cfg {
+		where := fmt.Sprintf("auth.tokens[%d]", i)
+		if c.Name != "" {
+			where += fmt.Sprintf(" (%s)", c.Name)
+		}
+		if c.Name == "" {
+			errs = append(errs, fmt.Errorf("%s: name is required", where))
+		} else if seen[c.Name] {
+			errs = append(errs, fmt.Errorf("%s: duplicate name", where))
+		}
+		seen[c.Name] = true
+		raw, err := hex.DecodeString(strings.TrimSpace(c.SHA256))
+		if err != nil || len(raw) != sha256.Size {
+			errs = append(errs, fmt.Errorf("%s: sha256 must be 64 hex characters (the SHA-256 of the token; see `meterline token new`)", where))
+		}
+		if len(c.Scopes) == 0 {
+			errs = append(errs, fmt.Errorf("%s: at least one scope is required (ingest, admin, finance, customer:<id>)", where))
+		}
+		p := Principal{Name: c.Name}
+		for _, s := range c.Scopes {
+			switch {
+			case s == string(ScopeIngest), s == string(ScopeAdmin), s == string(ScopeFinance):
+			case strings.HasPrefix(s, CustomerScopePrefix) && len(s) > len(CustomerScopePrefix):
+			default:
+				errs = append(errs, fmt.Errorf("%s: unknown scope %q (want ingest, admin, finance or customer:<id>)", where, s))
+			}
+			p.Scopes = append(p.Scopes, Scope(s))
+		}
+		var e entry
+		copy(e.hash[:], raw)
+		e.principal = p
+		t.entries = append(t.entries, e)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Lookup returns the principal whose token is tok. Every stored hash is
+// compared, in constant time, whatever matches first.
+func (t *Tokens) Lookup(tok string) (Principal, bool) {
+	h := sha256.Sum256([]byte(tok))
+	found := -1
+	for i := range t.entries {
+		if subtle.ConstantTimeCompare(h[:], t.entries[i].hash[:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		return Principal{}, false
+	}
+	return t.entries[found].principal, true
+}
+
+// Authenticate reads the bearer token of r.
+func (t *Tokens) Authenticate(r *http.Request) (Principal, error) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return Principal{}, ErrNoToken
+	}
+	p, ok := t.Lookup(strings.TrimSpace(tok))
+	if !ok {
+		return Principal{}, ErrInvalidToken
+	}
+	return p, nil
+}
+
+// Hash returns the hex SHA-256 of a token, as the configuration stores it.
+func Hash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// NewToken returns a random token with 256 bits of entropy and a readable
+// prefix ("ml_") so leaked tokens are easy to find with secret scanners.
+func NewToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return "ml_" + base64.RawURLEncoding.EncodeToString(b), nil
+}

@@ -1,0 +1,35 @@
+# Shared settings of the deploy scripts. Sourced, not run.
+# Every download goes to $METERLINE_CACHE (default: .cache/ in the repository, git-ignored).
+
+DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$DEPLOY_DIR/.." && pwd)"
+METERLINE_CACHE="${METERLINE_CACHE:-$REPO_DIR/.cache}"
+METERLINE_RUN="${METERLINE_RUN:-$REPO_DIR/.run}"
+
+# Pinned versions. Kafka 3.9 is the last line that still accepts the oldest
+# Produce versions (v0-v2) that some gateway producers speak; see README.
+KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
+CHDB_NPM_VERSION="${CHDB_NPM_VERSION:-26.5.3}"
+STRIPE_MOCK_VERSION="${STRIPE_MOCK_VERSION:-v0.190.0}"
+
+KAFKA_LIBS="$METERLINE_CACHE/kafka/$KAFKA_VERSION/libs"
+CHDB_LIB="$METERLINE_CACHE/chdb/$CHDB_NPM_VERSION/libchdb.so"
+STRIPE_MOCK_BIN="$METERLINE_CACHE/stripe-mock/$STRIPE_MOCK_VERSION/stripe-mock"
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# wait_port HOST PORT SECONDS: wait until a TCP port accepts connections.
+wait_port() {
+	local host=$1 port=$2 secs=$3 i
+	for ((i = 0; i < secs * 10; i++)); do
+		if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	return 1
+}
+
+# free_port: print a TCP port that is free on 127.0.0.1 right now.
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, starts the shared servers once (a
+# Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
+# every test (unit and integration) against them, then stops them.
+# Extra arguments go to `go test` (default: ./...).
+# Set METERLINE_TEST_CLICKHOUSE_ADDR=host:9000 to also run the store tests
+# against a ClickHouse server.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_DIR"
+
+"$DEPLOY_DIR/install.sh"
+export CHDB_LIB_PATH="$CHDB_LIB"
+
+state="$(mktemp -d "${TMPDIR:-/tmp}/meterline-test.XXXXXX")"
+cleanup() {
+	"$DEPLOY_DIR/kafka.sh" stop --dir "$state/kafka" || true
+	"$DEPLOY_DIR/stripe-mock.sh" stop --dir "$state/stripe-mock" || true
+	rm -rf "$state"
+}
+trap cleanup EXIT
+
+kport="$(free_port)"
+cport="$(free_port)"
+export METERLINE_TEST_KAFKA
+METERLINE_TEST_KAFKA="$("$DEPLOY_DIR/kafka.sh" start --dir "$state/kafka" --port "$kport" --controller-port "$cport")"
+export METERLINE_TEST_STRIPE_MOCK
+METERLINE_TEST_STRIPE_MOCK="$("$DEPLOY_DIR/stripe-mock.sh" start --dir "$state/stripe-mock" --port "$(free_port)")"
+log "Kafka at $METERLINE_TEST_KAFKA, stripe-mock at $METERLINE_TEST_STRIPE_MOCK"
+
+log "go vet and gofmt"
+go vet ./...
+unformatted="$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*'))"
+[[ -z "$unformatted" ]] || die "gofmt needed on: $unformatted"
+
+log "go test"
+args=("$@")
+[[ ${#args[@]} -eq 0 ]] && args=(./...)
+go test -count=1 -timeout 45m "${args[@]}"

@@ -1,0 +1,150 @@
+// Package testenv gives integration tests the real servers that `make test`
+// starts once per run (a Kafka broker, stripe-mock) and the embedded
+// ClickHouse engine, and can start a dedicated broker for tests that stop
+// and restart one.
+//
+// Outside `make test` the servers are absent: the tests that need them are
+// skipped with a message, except under CI (CI set), where that is a failure.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Env variables set by deploy/test.sh.
+const (
+	EnvKafka      = "METERLINE_TEST_KAFKA"
+	EnvStripeMock = "METERLINE_TEST_STRIPE_MOCK"
+	EnvChdb       = "CHDB_LIB_PATH"
+)
+
+// Require returns the value of env var name, or skips (fails under CI) the test.
+func Require(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not set: run the tests with `make test`, which starts the servers", name)
+		}
+		t.Skipf("%s is not set: run `make test` to run this test against the real servers", name)
+	}
+	return v
+}
+
+// KafkaBrokers returns the shared broker's bootstrap address.
+func KafkaBrokers(t testing.TB) []string {
+	t.Helper()
+	return strings.Split(Require(t, EnvKafka), ",")
+}
+
+// RepoRoot is the repository's top folder.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Unique returns prefix plus a random suffix, for topic, group and key names
+// that must not collide between tests sharing a broker.
+func Unique(prefix string) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// CreateTopic creates a topic with n partitions on the shared broker.
+func CreateTopic(t testing.TB, brokers []string, topic string, partitions int) {
+	t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	res, err := c.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: partitions, ReplicationFactor: 1,
+	}}})
+	if err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+}
+
+// Broker is a dedicated Kafka broker started by a test through deploy/kafka.sh.
+type Broker struct {
+	Addr string
+	dir  string
+	port string
+	t    testing.TB
+}
+
+// StartBroker starts a broker of its own for the test (about 5 s) and stops
+// it at the end of the test.
+func StartBroker(t testing.TB) *Broker {
+	t.Helper()
+	Require(t, EnvKafka) // the jars are installed when the shared broker is
+	b := &Broker{dir: t.TempDir(), port: FreePort(t), t: t}
+	cport := FreePort(t)
+	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), "start", "--dir", b.dir, "--port", b.port, "--controller-port", cport).CombinedOutput()
+	if err != nil {
+		t.Fatalf("starting a dedicated broker: %v\n%s", err, out)
+	}
+	b.Addr = "127.0.0.1:" + b.port
+	t.Cleanup(b.Stop)
+	return b
+}
+
+// Stop stops the broker (SIGTERM, then SIGKILL after 15 s).
+func (b *Broker) Stop() {
+	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), "stop", "--dir", b.dir).CombinedOutput()
+	if err != nil {
+		b.t.Logf("stopping broker: %v\n%s", err, out)
+	}
+}
+
+// Restart starts the stopped broker again on the same address and data.
+func (b *Broker) Restart() {
+	b.t.Helper()
+	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), "start", "--dir", b.dir).CombinedOutput()
+	if err != nil {
+		b.t.Fatalf("restarting broker: %v\n%s", err, out)
+	}
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 at the time of the call.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// Eventually polls f every 100 ms until it returns nil or the timeout passes,
+// then fails with f's last error. It waits for asynchronous outcomes; it
+// never asserts a duration.
+func Eventually(t testing.TB, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
