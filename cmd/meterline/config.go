@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/ingest"
+	"github.com/meterline/meterline/internal/tlsutil"
+	"github.com/meterline/meterline/schemas"
+)
+
+// Config is the whole configuration: one YAML file (--config), overridden by
+// METERLINE_* environment variables, overridden by flags. Every field has a
+// default; `meterline config` prints the effective configuration.
+type Config struct {
+	HTTP       HTTPConfig             `yaml:"http"`
+	Log        LogConfig              `yaml:"log"`
+	Kafka      ingest.KafkaConfig     `yaml:"kafka"`
+	ClickHouse ClickHouseConfig       `yaml:"clickhouse"`
+	Events     EventsConfig           `yaml:"events"`
+	Privacy    ingest.Anonymizer      `yaml:"privacy"`
+	Retention  RetentionConfig        `yaml:"retention"`
+	Collector  ingest.CollectorConfig `yaml:"collector"`
+	Sink       ingest.SinkConfig      `yaml:"sink"`
+	Auth       AuthConfig             `yaml:"auth"`
+}
+
+// HTTPConfig configures the API server.
+type HTTPConfig struct {
+	// Addr is the listen address. Default "127.0.0.1:8080".
+	Addr string `yaml:"addr"`
+	// TLS enables HTTPS with a certificate and key file.
+	TLS tlsutil.Server `yaml:"tls"`
+	// ReadTimeout bounds reading one request, body included. Default 30s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// ShutdownTimeout bounds the wait for in-flight requests at stop. Default 15s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// LogConfig configures the structured log on stderr.
+type LogConfig struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is json or text. Default text.
+	Format string `yaml:"format"`
+}
+
+// ClickHouseConfig selects the engine: the embedded one (default) or a server.
+type ClickHouseConfig struct {
+	// Addr lists ClickHouse server native-protocol addresses (host:9000). Empty
+	// (the default) runs the embedded engine in this process.
+	Addr []string `yaml:"addr"`
+	// Database holds Meterline's tables. Default "meterline".
+	Database string         `yaml:"database"`
+	Username string         `yaml:"username"`
+	Password string         `yaml:"password"`
+	TLS      tlsutil.Client `yaml:"tls"`
+	// DataDir is where the embedded engine keeps its data. Default ".run/clickhouse".
+	DataDir string `yaml:"data_dir"`
+	// MaxMemoryBytes caps the embedded engine's memory; 0 leaves the engine's
+	// default (90 % of RAM). Default 0.
+	MaxMemoryBytes int64 `yaml:"max_memory_bytes"`
+}
+
+// EventsConfig is the validation policy for incoming events.
+type EventsConfig struct {
+	// MaxPast is how old an event may be when it arrives. Default 840h (35 days).
+	MaxPast time.Duration `yaml:"max_past"`
+	// MaxFuture is how far ahead of the clock an event may be. Default 5m.
+	MaxFuture time.Duration `yaml:"max_future"`
+	// MaxProperties caps an event's properties. Default 32.
+	MaxProperties int `yaml:"max_properties"`
+	// MaxBatchEvents caps the events of one POST. Default 10000.
+	MaxBatchEvents int `yaml:"max_batch_events"`
+	// UnknownFieldsToProperties keeps unknown top-level fields as properties
+	// instead of rejecting the event. Default false.
+	UnknownFieldsToProperties bool `yaml:"unknown_fields_to_properties"`
+}
+
+// RetentionConfig says how long data is kept.
+type RetentionConfig struct {
+	// RawMonths is the TTL of the raw events table. Default 12.
+	RawMonths int `yaml:"raw_months"`
+}
+
+// AuthConfig lists the API tokens (hashed).
+type AuthConfig struct {
+	Tokens []auth.TokenConfig `yaml:"tokens"`
+}
+
+func (c *Config) applyDefaults() {
+	if c.HTTP.Addr == "" {
+		c.HTTP.Addr = "127.0.0.1:8080"
+	}
+	if c.HTTP.ReadTimeout == 0 {
+		c.HTTP.ReadTimeout = 30 * time.Second
+	}
+	if c.HTTP.ShutdownTimeout == 0 {
+		c.HTTP.ShutdownTimeout = 15 * time.Second
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	c.Kafka = c.Kafka.WithDefaults()
+	if c.ClickHouse.Database == "" {
+		c.ClickHouse.Database = "meterline"
+	}
+	if c.ClickHouse.DataDir == "" {
+		c.ClickHouse.DataDir = ".run/clickhouse"
+	}
+	if c.Events.MaxPast == 0 {
+		c.Events.MaxPast = 35 * 24 * time.Hour
+	}
+	if c.Events.MaxFuture == 0 {
+		c.Events.MaxFuture = 5 * time.Minute
+	}
+	if c.Events.MaxProperties == 0 {
+		c.Events.MaxProperties = 32
+	}
+	if c.Events.MaxBatchEvents == 0 {
+		c.Events.MaxBatchEvents = 10000
+	}
+	c.Privacy = c.Privacy.WithDefaults()
+	if c.Retention.RawMonths == 0 {
+		c.Retention.RawMonths = 12
+	}
+	c.Collector = c.Collector.WithDefaults()
+	c.Sink = c.Sink.WithDefaults()
+}
+
+// Validate reports every invalid setting at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
+	}
+	if _, err := c.HTTP.TLS.Config(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.HTTP.ReadTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("http.read_timeout: %s is shorter than 1s", c.HTTP.ReadTimeout))
+	}
+	errs = append(errs, c.Kafka.Validate(), c.Privacy.Validate(), c.Collector.Validate(), c.Sink.Validate())
+	if !validIdent(c.ClickHouse.Database) {
+		errs = append(errs, fmt.Errorf("clickhouse.database: %q must match [A-Za-z_][A-Za-z0-9_]*", c.ClickHouse.Database))
+	}
+	if _, err := c.ClickHouse.TLS.Config(); err != nil {
+		errs = append(errs, fmt.Errorf("clickhouse.%w", err))
+	}
+	if c.ClickHouse.MaxMemoryBytes < 0 {
+		errs = append(errs, errors.New("clickhouse.max_memory_bytes must not be negative"))
+	}
+	if c.Events.MaxPast <= 0 || c.Events.MaxPast > 366*24*time.Hour {
+		errs = append(errs, fmt.Errorf("events.max_past: %s is out of range (0, 8784h]", c.Events.MaxPast))
+	}
+	if c.Events.MaxFuture < 0 || c.Events.MaxFuture > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("events.max_future: %s is out of range [0, 24h]", c.Events.MaxFuture))
+	}
+	if c.Events.MaxProperties < 1 || c.Events.MaxProperties > 1024 {
+		errs = append(errs, fmt.Errorf("events.max_properties: %d is out of range 1-1024", c.Events.MaxProperties))
+	}
+	if c.Events.MaxBatchEvents < 1 || c.Events.MaxBatchEvents > 1_000_000 {
+		errs = append(errs, fmt.Errorf("events.max_batch_events: %d is out of range 1-1000000", c.Events.MaxBatchEvents))
+	}
+	if c.Retention.RawMonths < 1 || c.Retention.RawMonths > 1200 {
+		errs = append(errs, fmt.Errorf("retention.raw_months: %d is out of range 1-1200", c.Retention.RawMonths))
+	}
+	if _, err := auth.New(c.Auth.Tokens); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// EventOptions returns the decoder options of the events section.
+func (c *Config) EventOptions() schemas.Options {
+	return schemas.Options{
+		MaxPast:                   c.Events.MaxPast,
+		MaxFuture:                 c.Events.MaxFuture,
+		MaxProperties:             c.Events.MaxProperties,
+		MaxEvents:                 c.Events.MaxBatchEvents,
+		UnknownFieldsToProperties: c.Events.UnknownFieldsToProperties,
+	}
+}
+
+func validIdent(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i, r := range s {
+		if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log.level: %q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// EnvPrefix starts every environment variable that overrides a setting. The
+// variable name is the YAML path in upper case joined by "_": http.addr is
+// METERLINE_HTTP_ADDR, kafka.brokers is METERLINE_KAFKA_BROKERS (lists are
+// comma-separated).
+const EnvPrefix = "METERLINE_"
+
+// envIgnored are METERLINE_ variables that belong to scripts and tests, not
+// to the configuration.
+var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG"}
+
+// loadConfig reads the file (if any), then the environment, and fills defaults.
+func loadConfig(path string, environ []string) (*Config, error) {
+	c := &Config{}
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(c, environ); err != nil {
+		return nil, err
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+// applyEnv sets every field named by a METERLINE_* variable.
+func applyEnv(c *Config, environ []string) error {
+	fields := map[string]reflect.Value{}
+	collectFields(reflect.ValueOf(c).Elem(), EnvPrefix[:len(EnvPrefix)-1], fields)
+	var errs []error
+next:
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		for _, ign := range envIgnored {
+			if name == ign || strings.HasSuffix(ign, "_") && strings.HasPrefix(name, ign) {
+				continue next
+			}
+		}
+		f, ok := fields[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("environment: %s does not name a setting", name))
+			continue
+		}
+		if err := setFromString(f, val); err != nil {
+			errs = append(errs, fmt.Errorf("environment: %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func collectFields(v reflect.Value, prefix string, out map[string]reflect.Value) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
+			collectFields(f, name, out)
+			continue
+		}
+		out[name] = f
+	}
+}
+
+func setFromString(f reflect.Value, s string) error {
+	switch f.Interface().(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration like 5s or 10m", s)
+		}
+		f.SetInt(int64(d))
+		return nil
+	case []string:
+		var out []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+		f.Set(reflect.ValueOf(out))
+		return nil
+	case *bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		f.Set(reflect.ValueOf(&b))
+		return nil
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		f.SetBool(b)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", s)
+		}
+		f.SetInt(n)
+	default:
+		return fmt.Errorf("cannot be set from the environment (type %s); use the config file", f.Type())
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+// Command meterline is the one binary of Meterline: every role of the
+// pipeline (collector, sink, and the ones to come) runs from it, all in one
+// process by default or one role per process in a cluster.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the pipeline roles (all by default) and the HTTP API", runServe},
+		{"migrate", "apply the ClickHouse schema migrations (serve also does at start-up)", runMigrate},
+		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
+		{"token", "create an API token and print its configuration entry", runToken},
+		{"config", "validate the configuration and print the effective settings", runConfig},
+		{"version", "print the version", runVersion},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `meterline: usage metering and billing for APIs
+
+Usage:
+  meterline <command> [flags]
+
+Commands:
+`)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, `
+Run 'meterline <command> -h' for a command's flags.
+Configuration: a YAML file (--config), then METERLINE_* environment variables,
+then flags; see README.md for every setting and its default.
+`)
+}
+
+// errUsage marks errors after which the command's usage was already printed.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			err := c.run(args[1:], stdout, stderr)
+			switch {
+			case err == nil:
+				return 0
+			case errors.Is(err, flag.ErrHelp):
+				return 0
+			case errors.Is(err, errUsage):
+				return 2
+			default:
+				fmt.Fprintf(stderr, "meterline %s: %v\n", c.name, err)
+				return 1
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "meterline: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+// commonFlags are accepted by every command that reads the configuration.
+type commonFlags struct {
+	config         string
+	httpAddr       string
+	kafkaBrokers   string
+	clickhouseAddr string
+	dataDir        string
+	logLevel       string
+}
+
+func (f *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.config, "config", os.Getenv("METERLINE_CONFIG"), "YAML configuration `file` (env METERLINE_CONFIG)")
+	fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen `address` (overrides http.addr; default 127.0.0.1:8080)")
+	fs.StringVar(&f.kafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap `addresses` (overrides kafka.brokers)")
+	fs.StringVar(&f.clickhouseAddr, "clickhouse-addr", "", "comma-separated ClickHouse server `addresses`; empty uses the embedded engine")
+	fs.StringVar(&f.dataDir, "data-dir", "", "embedded engine data `directory` (overrides clickhouse.data_dir)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
+}
+
+// load reads the configuration and applies the flags on top.
+func (f *commonFlags) load() (*Config, error) {
+	c, err := loadConfig(f.config, os.Environ())
+	if err != nil {
+		return nil, err
+	}
+	if f.httpAddr != "" {
+		c.HTTP.Addr = f.httpAddr
+	}
+	if f.kafkaBrokers != "" {
+		c.Kafka.Brokers = splitList(f.kafkaBrokers)
+	}
+	if f.clickhouseAddr != "" {
+		c.ClickHouse.Addr = splitList(f.clickhouseAddr)
+	}
+	if f.dataDir != "" {
+		c.ClickHouse.DataDir = f.dataDir
+	}
+	if f.logLevel != "" {
+		c.Log.Level = f.logLevel
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", indent(err))
+	}
+	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// indent prefixes each line of a joined error for a readable list.
+func indent(err error) error {
+	lines := strings.Split(err.Error(), "\n")
+	for i := range lines {
+		lines[i] = "  - " + lines[i]
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// newFlagSet returns a flag set that prints its usage with a summary line.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("meterline "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: meterline %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags; a bad flag prints usage and returns errUsage.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}

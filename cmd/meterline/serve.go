@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/ingest"
+	"github.com/meterline/meterline/store"
+)
+
+// Roles a process can run. "all" (the default) runs every one of them.
+const (
+	roleCollector = "collector"
+	roleSink      = "sink"
+)
+
+var allRoles = []string{roleCollector, roleSink}
+
+func parseRoles(s string) ([]string, error) {
+	if s == "" || s == "all" {
+		return allRoles, nil
+	}
+	var out []string
+	for _, r := range splitList(s) {
+		if !slices.Contains(allRoles, r) {
+			return nil, fmt.Errorf("--roles: unknown role %q (known: %s, or all)", r, strings.Join(allRoles, ", "))
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--roles: no role given")
+	}
+	return out, nil
+}
+
+func newLogger(c *Config, w io.Writer) *slog.Logger {
+	lvl, _ := parseLevel(c.Log.Level)
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func storeConfig(c *Config) (store.Config, error) {
+	tlsCfg, err := c.ClickHouse.TLS.Config()
+	if err != nil {
+		return store.Config{}, err
+	}
+	return store.Config{
+		Addr:           c.ClickHouse.Addr,
+		Database:       c.ClickHouse.Database,
+		Username:       c.ClickHouse.Username,
+		Password:       c.ClickHouse.Password,
+		TLS:            tlsCfg,
+		DataDir:        c.ClickHouse.DataDir,
+		MaxMemoryBytes: c.ClickHouse.MaxMemoryBytes,
+		DialTimeout:    10 * time.Second,
+	}, nil
+}
+
+// openStore opens the configured engine and brings the schema up to date.
+func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, error) {
+	sc, err := storeConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, sc, log)
+	if err != nil {
+		return nil, err
+	}
+	applied, err := store.Migrate(ctx, db, store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths}, log)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("schema migration: %w", err)
+	}
+	for _, a := range applied {
+		log.Info("migration applied", "version", a.Version, "name", a.Name)
+	}
+	return db, nil
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "serve [--config FILE] [--roles collector,sink] [flags]", stderr)
+	var cf commonFlags
+	cf.register(fs)
+	rolesFlag := fs.String("roles", "all", "comma-separated `roles` to run: "+strings.Join(allRoles, ", ")+", or all")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	roles, err := parseRoles(*rolesFlag)
+	if err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, cfg, roles, log)
+}
+
+// serve runs the roles until ctx ends, then stops them in order: the HTTP
+// server first (no new events), then the sink (flushes its batch).
+func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) error {
+	has := func(r string) bool { return slices.Contains(roles, r) }
+	log.Info("meterline starting", "version", version, "roles", roles, "http", cfg.HTTP.Addr)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tokens, err := auth.New(cfg.Auth.Tokens)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Auth.Tokens) == 0 {
+		log.Warn("no API tokens configured: every authenticated endpoint answers 401 (see `meterline token new`)")
+	}
+
+	var db store.Conn
+	if has(roleSink) {
+		db, err = openStore(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		log.Info("clickhouse ready", "engine", db.Engine(), "database", cfg.ClickHouse.Database)
+	}
+	if err := ensureTopics(ctx, cfg.Kafka, log); err != nil {
+		return err
+	}
+
+	mux := http.NewServeMux()
+	var checks []readyCheck
+	var wg sync.WaitGroup
+	runErr := make(chan error, 2)
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+
+	if has(roleCollector) {
+		w, err := ingest.NewProducer(cfg.Kafka)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy, tokens, w, reg, log.With("role", roleCollector))
+		mux.Handle("/v1/events", col)
+		checks = append(checks, readyCheck{"kafka", func(ctx context.Context) error { return kafkaReachable(ctx, cfg.Kafka) }})
+	}
+	if has(roleSink) {
+		sink, err := ingest.NewSink(cfg.Sink, cfg.Kafka, cfg.EventOptions(), cfg.Privacy, db, reg, log.With("role", roleSink))
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := sink.Run(runCtx); err != nil {
+				runErr <- fmt.Errorf("sink: %w", err)
+			}
+		}()
+		checks = append(checks, readyCheck{"clickhouse", db.Ping})
+		mux.Handle("/v1/events/stored", ingest.NewStoredHandler(db, tokens))
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("/readyz", readyHandler(checks))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		ingest.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+
+	srv := &http.Server{
+		Addr:              cfg.HTTP.Addr,
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       cfg.HTTP.ReadTimeout,
+		WriteTimeout:      cfg.HTTP.ReadTimeout + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	tlsCfg, err := cfg.HTTP.TLS.Config()
+	if err != nil {
+		return err
+	}
+	srv.TLSConfig = tlsCfg
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	go func() {
+		var err error
+		if tlsCfg != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			runErr <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	log.Info("meterline ready", "url", scheme+"://"+ln.Addr().String())
+
+	var result error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case result = <-runErr:
+		log.Error("stopping after a fatal error", "err", result)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	cancelRun()
+	wg.Wait()
+	log.Info("stopped")
+	return result
+}
+
+// ensureTopics creates the topics, waiting up to a minute for the brokers.
+func ensureTopics(ctx context.Context, k ingest.KafkaConfig, log *slog.Logger) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := ingest.EnsureTopics(tctx, k)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("kafka not reachable at %s (is the broker running? `make run` starts one): %w", strings.Join(k.Brokers, ","), err)
+		}
+		log.Warn("waiting for kafka", "brokers", k.Brokers, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+type readyCheck struct {
+	name  string
+	check func(context.Context) error
+}
+
+// readyHandler answers 200 when every dependency answers, 503 naming the
+// ones that do not.
+func readyHandler(checks []readyCheck) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		var failed []string
+		for _, c := range checks {
+			if err := c.check(ctx); err != nil {
+				failed = append(failed, c.name+": "+err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(failed) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready:\n"+strings.Join(failed, "\n"))
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+}
+
+// kafkaReachable answers whether the events topic's metadata can be read.
+func kafkaReachable(ctx context.Context, k ingest.KafkaConfig) error {
+	return ingest.Ping(ctx, k)
+}

@@ -1,0 +1,295 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/meterline/meterline/internal/testenv"
+	"github.com/meterline/meterline/schemas"
+	"github.com/meterline/meterline/store"
+)
+
+// sinkFixture is a sink on topics of its own, consuming into the shared engine.
+type sinkFixture struct {
+	k      KafkaConfig
+	writer *kafka.Writer
+	group  string
+}
+
+func newSinkFixture(t *testing.T) *sinkFixture {
+	t.Helper()
+	brokers := testenv.KafkaBrokers(t)
+	k := KafkaConfig{Brokers: brokers, Topic: testenv.Unique("events"), Partitions: 3}.WithDefaults()
+	if err := EnsureTopics(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
+	t.Cleanup(func() { w.Close() })
+	return &sinkFixture{k: k, writer: w, group: testenv.Unique("sink")}
+}
+
+// produce writes raw messages as a gateway producing straight to Kafka would.
+func (f *sinkFixture) produce(t testing.TB, key string, values ...[]byte) {
+	t.Helper()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Key: []byte(key), Value: v}
+	}
+	if err := f.writer.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run starts a sink over db and returns a stop function that waits for it.
+func (f *sinkFixture) run(t *testing.T, db store.Conn, reg *prometheus.Registry) (stop func() error) {
+	t.Helper()
+	s, err := NewSink(SinkConfig{GroupID: f.group, BatchSize: 128, FlushInterval: 200 * time.Millisecond, RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond},
+		f.k, schemas.Options{}, Anonymizer{}, db, reg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var result error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case result = <-done:
+			case <-time.After(60 * time.Second):
+				result = errors.New("sink did not stop within 60s")
+			}
+		})
+		return result
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func eventJSON(t testing.TB, id, key string, mut ...func(map[string]any)) []byte {
+	t.Helper()
+	ev := validEvent(id, key)
+	for _, m := range mut {
+		m(ev)
+	}
+	return mustJSON(t, ev)
+}
+
+func waitStored(t *testing.T, db store.Conn, key string, want uint64) {
+	t.Helper()
+	waitFor(t, 60*time.Second, func() error {
+		_, final, _ := countStored(t, db, key)
+		if final != want {
+			return fmt.Errorf("%d events stored for %s, want %d", final, key, want)
+		}
+		return nil
+	})
+}
+
+// TestSinkStoresOnceAndDeadLettersInvalid produces valid events, exact
+// duplicates (as a retrying gateway or a Kafka redelivery makes them) and
+// invalid messages straight to Kafka.
+func TestSinkStoresOnceAndDeadLettersInvalid(t *testing.T) {
+	db := requireDB(t)
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	var values [][]byte
+	for i := 0; i < 500; i++ {
+		values = append(values, eventJSON(t, fmt.Sprintf("e-%d", i), key))
+	}
+	for i := 0; i < 100; i++ { // duplicates, some in the same batch, some far apart
+		values = append(values, values[i*3])
+	}
+	invalid := [][]byte{
+		[]byte("not json"),
+		eventJSON(t, "bad-status", key, func(m map[string]any) { m["status"] = 70000 }),
+		eventJSON(t, "", key, func(m map[string]any) { delete(m, "id") }),
+		eventJSON(t, "bad-ip", key, func(m map[string]any) { m["client_ip"] = "999.1.1.1" }),
+	}
+	f.produce(t, key, values...)
+	f.produce(t, key, invalid...)
+	reg := prometheus.NewRegistry()
+	stop := f.run(t, db, reg)
+	waitStored(t, db, key, 500)
+	var dead []kafka.Message
+	waitFor(t, 30*time.Second, func() error {
+		dead = topicMessages(t, f.k.Brokers, f.k.DeadLetterTopic)
+		if len(dead) != len(invalid) {
+			return fmt.Errorf("%d dead letters, want %d", len(dead), len(invalid))
+		}
+		return nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, final, distinct := countStored(t, db, key)
+	if final != 500 || distinct != 500 {
+		t.Fatalf("final %d distinct %d, want 500", final, distinct)
+	}
+	for _, d := range dead {
+		reason := headerValue(d, HeaderError)
+		src := headerValue(d, HeaderSource)
+		if reason == "" || !strings.HasPrefix(src, f.k.Topic+"/") || headerValue(d, HeaderErrorReason) != "invalid" {
+			t.Errorf("dead letter without reason or source: %q %q", reason, src)
+		}
+		switch {
+		case strings.Contains(string(d.Value), "bad-status") && !strings.Contains(reason, "status"),
+			strings.Contains(string(d.Value), "bad-ip") && !strings.Contains(reason, "client_ip"):
+			t.Errorf("reason %q does not name the field of %s", reason, d.Value)
+		}
+	}
+	if got := testutil.ToFloat64(mustVec(reg, "meterline_sink_events_dead_lettered_total")); got != 4 {
+		t.Errorf("dead-letter metric %v, want 4", got)
+	}
+	// The sink anonymises what gateways produced directly, like the collector.
+	rows, err := db.Query(context.Background(), "SELECT DISTINCT client_ip FROM events WHERE api_key_id = {k:String}", store.P("k", key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ip string
+		_ = rows.Scan(&ip)
+		if ip != "203.0.113.0" {
+			t.Errorf("stored client_ip %q, want 203.0.113.0", ip)
+		}
+	}
+}
+
+// mustVec sums a metric family of reg by name.
+func mustVec(reg *prometheus.Registry, name string) prometheus.Collector {
+	return prometheus.CollectorFunc(func(ch chan<- prometheus.Metric) {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			var sum float64
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "sum", nil, nil), prometheus.GaugeValue, sum)
+		}
+	})
+}
+
+// faultyConn is a hand-written fault injector around the real engine: it
+// fails inserts as a failing ClickHouse would, and otherwise passes through.
+type faultyConn struct {
+	store.Conn
+	failFirst atomic.Int32 // this many inserts fail as unavailable
+	poisonID  string       // inserts holding this id fail as a data error
+	inserts   atomic.Int32
+}
+
+func (c *faultyConn) Insert(ctx context.Context, table string, cols []string, rows [][]any, o store.InsertOptions) error {
+	c.inserts.Add(1)
+	if c.failFirst.Add(-1) >= 0 {
+		return fmt.Errorf("injected: connection refused: %w", store.ErrUnavailable)
+	}
+	if c.poisonID != "" {
+		for _, r := range rows {
+			if r[0] == c.poisonID {
+				return errors.New("injected: Code: 53. Type mismatch")
+			}
+		}
+	}
+	return c.Conn.Insert(ctx, table, cols, rows, o)
+}
+
+// TestSinkRetriesWhileClickHouseFails makes the first inserts fail: the sink
+// retries with backoff and stores everything once, without moving offsets
+// past what was not stored.
+func TestSinkRetriesWhileClickHouseFails(t *testing.T) {
+	db := &faultyConn{Conn: requireDB(t)}
+	db.failFirst.Store(5)
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	var values [][]byte
+	for i := 0; i < 300; i++ {
+		values = append(values, eventJSON(t, fmt.Sprintf("r-%d", i), key))
+	}
+	f.produce(t, key, values...)
+	reg := prometheus.NewRegistry()
+	stop := f.run(t, db, reg)
+	waitStored(t, db, key, 300)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	rows, final, _ := countStored(t, db, key)
+	if rows != 300 || final != 300 {
+		t.Fatalf("rows %d final %d, want 300 each (a retried batch must not be stored twice)", rows, final)
+	}
+	if got := testutil.ToFloat64(mustVec(reg, "meterline_sink_retries_total")); got < 5 {
+		t.Errorf("retries metric %v, want >= 5", got)
+	}
+}
+
+// TestSinkDeadLettersUnstorableRows makes one event fail every insert as a
+// data error: it goes to the dead-letter topic, the others are stored.
+func TestSinkDeadLettersUnstorableRows(t *testing.T) {
+	db := &faultyConn{Conn: requireDB(t), poisonID: "poison"}
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	var values [][]byte
+	for i := 0; i < 50; i++ {
+		values = append(values, eventJSON(t, fmt.Sprintf("p-%d", i), key))
+	}
+	values = append(values, eventJSON(t, "poison", key))
+	f.produce(t, key, values...)
+	stop := f.run(t, db, prometheus.NewRegistry())
+	waitStored(t, db, key, 50)
+	waitFor(t, 30*time.Second, func() error {
+		dead := topicMessages(t, f.k.Brokers, f.k.DeadLetterTopic)
+		if len(dead) != 1 || headerValue(dead[0], HeaderErrorReason) != "unstorable" || !strings.Contains(string(dead[0].Value), "poison") {
+			return fmt.Errorf("dead letters: %d", len(dead))
+		}
+		return nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSinkResumesFromCommittedOffsets stops a sink and starts another in the
+// same group: it reads only what came after, so nothing is stored twice.
+func TestSinkResumesFromCommittedOffsets(t *testing.T) {
+	db := requireDB(t)
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	batch := func(from, n int) [][]byte {
+		var v [][]byte
+		for i := from; i < from+n; i++ {
+			v = append(v, eventJSON(t, fmt.Sprintf("c-%d", i), key))
+		}
+		return v
+	}
+	f.produce(t, key, batch(0, 200)...)
+	stop := f.run(t, db, prometheus.NewRegistry())
+	waitStored(t, db, key, 200)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	f.produce(t, key, batch(200, 200)...)
+	stop = f.run(t, db, prometheus.NewRegistry())
+	waitStored(t, db, key, 400)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	rows, _, _ := countStored(t, db, key)
+	if rows != 400 {
+		t.Fatalf("%d physical rows, want 400: the second sink re-read committed events", rows)
+	}
+}

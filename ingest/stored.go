@@ -1,0 +1,106 @@
+package ingest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/schemas"
+	"github.com/meterline/meterline/store"
+)
+
+// storedQuery reads stored events back, deduplicated (FINAL), newest first.
+// An empty filter parameter matches everything; at least one is required.
+const storedQuery = `SELECT id, time, api_key_id, customer_id, gateway, method, route, status,
+       latency_ms, request_bytes, response_bytes, client_ip, user_agent, toFloat64(units), properties
+FROM events FINAL
+WHERE ({api_key_id:String} = '' OR api_key_id = {api_key_id:String})
+  AND ({customer_id:String} = '' OR customer_id = {customer_id:String})
+  AND ({id:String} = '' OR id = {id:String})
+ORDER BY time DESC, id
+LIMIT {limit:UInt32}`
+
+// NewStoredHandler serves GET /v1/events/stored: the raw events stored for a
+// key, a customer or an id, newest first, as they are in ClickHouse (after
+// anonymisation). It lets an operator check that a gateway's events arrive;
+// it needs the admin scope because it shows single requests.
+//
+// Parameters: api_key_id, customer_id, id (at least one), limit (1-1000,
+// default 100).
+func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			WriteError(w, http.StatusMethodNotAllowed, "use GET")
+			return
+		}
+		p, err := tokens.Authenticate(r)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meterline"`)
+			WriteError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		if !p.Has(auth.ScopeAdmin) {
+			WriteError(w, http.StatusForbidden, fmt.Sprintf("token %q lacks the admin scope", p.Name))
+			return
+		}
+		q := r.URL.Query()
+		for name := range q {
+			switch name {
+			case "api_key_id", "customer_id", "id", "limit":
+			default:
+				WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (known: api_key_id, customer_id, id, limit)", name))
+				return
+			}
+		}
+		key, cust, id := q.Get("api_key_id"), q.Get("customer_id"), q.Get("id")
+		if key == "" && cust == "" && id == "" {
+			WriteError(w, http.StatusBadRequest, "give at least one of api_key_id, customer_id, id")
+			return
+		}
+		for name, v := range map[string]string{"api_key_id": key, "customer_id": cust, "id": id} {
+			if len(v) > 128 {
+				WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q: longer than 128 bytes", name))
+				return
+			}
+		}
+		limit := 100
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 1000 {
+				WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter \"limit\": %q is not an integer from 1 to 1000", s))
+				return
+			}
+			limit = n
+		}
+		rows, err := db.Query(r.Context(), storedQuery,
+			store.P("api_key_id", key), store.P("customer_id", cust), store.P("id", id), store.P("limit", uint64(limit)))
+		if err != nil {
+			WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			return
+		}
+		defer rows.Close()
+		out := struct {
+			Events []json.RawMessage `json:"events"`
+		}{Events: []json.RawMessage{}}
+		for rows.Next() {
+			var e schemas.Event
+			var status uint16
+			if err := rows.Scan(&e.ID, &e.Time, &e.APIKeyID, &e.CustomerID, &e.Gateway, &e.Method, &e.Route, &status,
+				&e.LatencyMS, &e.RequestBytes, &e.ResponseBytes, &e.ClientIP, &e.UserAgent, &e.Units, &e.Properties); err != nil {
+				WriteError(w, http.StatusInternalServerError, "reading events: "+err.Error())
+				return
+			}
+			e.Status = int(status)
+			out.Events = append(out.Events, e.AppendJSON(nil))
+		}
+		if err := rows.Err(); err != nil {
+			WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+}
