@@ -174,7 +174,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		StartOffset:           kafka.FirstOffset,
 		HeartbeatInterval:     3 * time.Second,
 		SessionTimeout:        30 * time.Second,
-		RebalanceTimeout:      30 * time.Second,
+		RebalanceTimeout:      cfg.SessionTimeout, // a dead member holds up a rebalance this long
 		ReadBackoffMin:        100 * time.Millisecond,
 		ReadBackoffMax:        2 * time.Second,
 		WatchPartitionChanges: true,

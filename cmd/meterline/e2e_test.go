@@ -234,18 +234,36 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 	cmd, _ := start(t, cfgPath, addr, "--roles=sink")
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchSize: 1000, BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
 	defer w.Close()
-	const distinct = 30000
-	var msgs []kafka.Message
-	for i := 0; i < distinct; i++ {
-		v, _ := json.Marshal(event(fmt.Sprintf("k-%d", i), key))
-		msgs = append(msgs, kafka.Message{Key: []byte(key), Value: v})
-		if i%10 == 0 { // 10 % duplicates, as a retrying gateway would send
-			msgs = append(msgs, kafka.Message{Key: []byte(key), Value: v})
+	// Events flow the whole time, so every kill lands while batches are
+	// being read, inserted or committed.
+	var distinct int
+	stopProducing := make(chan struct{})
+	produced := make(chan error, 1)
+	go func() {
+		for chunk := 0; ; chunk++ {
+			select {
+			case <-stopProducing:
+				produced <- nil
+				return
+			default:
+			}
+			var msgs []kafka.Message
+			for i := 0; i < 500; i++ {
+				v, _ := json.Marshal(event(fmt.Sprintf("k-%d-%d", chunk, i), key))
+				msgs = append(msgs, kafka.Message{Key: []byte(key), Value: v})
+				if i%10 == 0 { // 10 % duplicates, as a retrying gateway would send
+					msgs = append(msgs, kafka.Message{Key: []byte(key), Value: v})
+				}
+			}
+			if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+				produced <- err
+				return
+			}
+			distinct += 500
+			time.Sleep(100 * time.Millisecond)
 		}
-	}
-	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
-	}
+	}()
+	t0 := time.Now()
 	for kill := 0; kill < 3; kill++ {
 		testenv.Eventually(t, 60*time.Second, func() error {
 			n, err := metric(addr, "meterline_sink_events_stored_total")
@@ -255,26 +273,23 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 			return nil
 		})
 		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+		t.Logf("%s: kill %d after a stored batch", time.Since(t0).Round(time.Millisecond), kill+1)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_, _ = cmd.Process.Wait()
 		cmd, _ = start(t, cfgPath, addr, "--roles=sink")
 	}
+	close(stopProducing)
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
 	testenv.Eventually(t, 120*time.Second, func() error {
-		stored, err := metric(addr, "meterline_sink_events_stored_total")
-		if err != nil {
-			return err
-		}
-		lag, err := metric(addr, "meterline_sink_consumer_lag_messages")
-		if err != nil {
-			return err
-		}
-		if stored < 1 || lag > 0 {
-			return fmt.Errorf("still consuming: stored %v, lag %v", stored, lag)
+		lag, err := testenv.GroupLag(brokers, topic+"-sink", topic)
+		if err != nil || lag > 0 {
+			return fmt.Errorf("sink group not caught up: lag %d (%v)", lag, err)
 		}
 		return nil
 	})
-	// lag 0 at the last fetch: give the final partial batch its flush interval
-	time.Sleep(time.Second)
+	t.Logf("%s: caught up", time.Since(t0).Round(time.Millisecond))
 	stopGracefully(t, cmd)
 
 	count := func(q string) string {
@@ -294,7 +309,7 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 	if merged != want {
 		t.Fatalf("after merge count(), uniqExact(id) = %s, want %s", merged, want)
 	}
-	t.Logf("30000 distinct ids, 3 SIGKILLs: %s physical rows before merge, %s after", physical, merged)
+	t.Logf("%d distinct ids, 3 SIGKILLs: %s physical rows before merge, %s after", distinct, physical, merged)
 }
 
 // TestBrokerRestartWhileEventsFlow posts events continuously while a
