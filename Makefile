@@ -6,7 +6,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: run test build install vet fmt lint clean stop help
+.PHONY: run test bench build install vet fmt lint clean stop help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -16,6 +16,9 @@ run: ## install what is missing, start Kafka and run `meterline serve` (Ctrl-C s
 
 test: ## install what is missing, start the shared servers, run every test
 	@deploy/test.sh
+
+bench: ## pipeline throughput (HTTP -> Kafka -> stored rows) against the raw insert baseline, same run
+	@deploy/test.sh -run '^$$' -bench 'Pipeline|Baseline' -benchtime 200000x -count 3 ./ingest/
 
 build: ## build bin/meterline
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meterline ./cmd/meterline

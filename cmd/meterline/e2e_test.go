@@ -117,24 +117,44 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// start runs `meterline serve` and waits until /healthz answers.
-func start(t *testing.T, cfgPath, addr string, args ...string) (*exec.Cmd, *syncBuffer) {
+// proc is a running meterline process.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startCmd runs `meterline serve`; the process is killed at the end of the test.
+func startCmd(t *testing.T, cfgPath string, logs *syncBuffer, args ...string) *proc {
 	t.Helper()
-	logs := &syncBuffer{}
 	cmd := exec.Command(binPath, append([]string{"serve", "--config", cfgPath}, args...)...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-exited
+		<-p.exited
 		if t.Failed() {
 			t.Logf("meterline log:\n%s", logs.String())
 		}
 	})
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// start runs `meterline serve` and waits until /healthz answers.
+func start(t *testing.T, cfgPath, addr string, args ...string) (*proc, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	p := startCmd(t, cfgPath, logs, args...)
+	exited := p.exited
 	testenv.Eventually(t, 90*time.Second, func() error {
 		select {
 		case <-exited:
@@ -148,7 +168,7 @@ func start(t *testing.T, cfgPath, addr string, args ...string) (*exec.Cmd, *sync
 		resp.Body.Close()
 		return nil
 	})
-	return cmd, logs
+	return p, logs
 }
 
 // metric returns the sum of a metric's samples from /metrics.
@@ -199,17 +219,14 @@ func sqlRows(t *testing.T, cfgPath, query string) []string {
 	return lines[1:] // drop the header
 }
 
-func stopGracefully(t *testing.T, cmd *exec.Cmd) {
+func stopGracefully(t *testing.T, p *proc) {
 	t.Helper()
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("meterline did not stop within 60s of SIGTERM")
 	}
-	t.Fatal("meterline did not stop within 60s of SIGTERM")
 }
 
 func event(id, key string) map[string]any {
@@ -274,8 +291,7 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 		})
 		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
 		t.Logf("%s: kill %d after a stored batch", time.Since(t0).Round(time.Millisecond), kill+1)
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_, _ = cmd.Process.Wait()
+		cmd.kill()
 		cmd, _ = start(t, cfgPath, addr, "--roles=sink")
 	}
 	close(stopProducing)

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meterline/meterline/internal/testenv"
+)
+
+// selfSigned writes a certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "meterline-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// TestServeHTTPSAndOperationalEndpoints runs the collector over HTTPS and
+// checks the operational endpoints and the error for unknown paths.
+func TestServeHTTPSAndOperationalEndpoints(t *testing.T) {
+	testenv.Require(t, testenv.EnvChdb)
+	brokers := testenv.KafkaBrokers(t)
+	certFile, keyFile, pool := selfSigned(t)
+	topic := testenv.Unique("e2e-tls")
+	cfgPath, addr := writeConfig(t, strings.Join(brokers, ","), topic, "")
+	cfg, _ := os.ReadFile(cfgPath)
+	cfg = bytes.Replace(cfg, []byte("http:\n"), []byte(fmt.Sprintf("http:\n  tls:\n    cert_file: %s\n    key_file: %s\n", certFile, keyFile)), 1)
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cmd := startCmd(t, cfgPath, logs)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	base := "https://" + addr
+	testenv.Eventually(t, 60*time.Second, func() error {
+		resp, err := client.Get(base + "/readyz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("readyz %d: %s", resp.StatusCode, b)
+		}
+		return nil
+	})
+	// Plain HTTP to the TLS listener is refused (Go's server answers 400).
+	if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Error("plain HTTP served while TLS is configured")
+		}
+	}
+	body, _ := json.Marshal([]any{event("tls-1", "key-tls")})
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/events", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+e2eIngestToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || !strings.Contains(string(b), `"accepted":1`) {
+		t.Fatalf("POST over TLS: %d %s", resp.StatusCode, b)
+	}
+	resp, err = client.Get(base + "/nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 404 || !strings.Contains(string(b), "no such endpoint") {
+		t.Fatalf("unknown path: %d %s", resp.StatusCode, b)
+	}
+	resp, err = client.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"meterline_collector_events_accepted_total 1", "meterline_sink_events_stored_total", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(string(b), m) {
+			t.Errorf("/metrics lacks %q", m)
+		}
+	}
+	stopGracefully(t, cmd)
+	if !strings.Contains(logs.String(), "url=https://") {
+		t.Errorf("log does not announce the https URL:\n%s", logs.String())
+	}
+}
