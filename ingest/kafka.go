@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -139,13 +140,20 @@ func (c KafkaConfig) mechanism() (sasl.Mechanism, error) {
 	return nil, fmt.Errorf("unknown SASL mechanism %q", c.SASL.Mechanism)
 }
 
-// Transport builds the transport for writers and admin clients.
-func (c KafkaConfig) Transport() (*kafka.Transport, error) {
+// security returns the TLS configuration (nil when off) and SASL mechanism
+// (nil when none) shared by transports and dialers.
+func (c KafkaConfig) security() (*tls.Config, sasl.Mechanism, error) {
 	tlsCfg, err := c.TLS.Config()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mech, err := c.mechanism()
+	return tlsCfg, mech, err
+}
+
+// Transport builds the transport for writers and admin clients.
+func (c KafkaConfig) Transport() (*kafka.Transport, error) {
+	tlsCfg, mech, err := c.security()
 	if err != nil {
 		return nil, err
 	}
@@ -161,11 +169,7 @@ func (c KafkaConfig) Transport() (*kafka.Transport, error) {
 
 // Dialer builds the dialer for readers (kafka-go's Reader does not use a Transport).
 func (c KafkaConfig) Dialer() (*kafka.Dialer, error) {
-	tlsCfg, err := c.TLS.Config()
-	if err != nil {
-		return nil, err
-	}
-	mech, err := c.mechanism()
+	tlsCfg, mech, err := c.security()
 	if err != nil {
 		return nil, err
 	}

@@ -117,6 +117,10 @@ func TestSinkStoresOnceAndDeadLettersInvalid(t *testing.T) {
 		eventJSON(t, "bad-status", key, func(m map[string]any) { m["status"] = 70000 }),
 		eventJSON(t, "", key, func(m map[string]any) { delete(m, "id") }),
 		eventJSON(t, "bad-ip", key, func(m map[string]any) { m["client_ip"] = "999.1.1.1" }),
+		nil, // an empty value (a tombstone)
+		eventJSON(t, "bad-huge", key, func(m map[string]any) { m["route"] = strings.Repeat("/x", 300_000) }),
+		[]byte(`{"id":"bad-nested","properties":{"a":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}}`),
+		append(eventJSON(t, "bad-trailing", key), []byte(`{"id":"x"}`)...),
 	}
 	f.produce(t, key, values...)
 	f.produce(t, key, invalid...)
@@ -145,13 +149,14 @@ func TestSinkStoresOnceAndDeadLettersInvalid(t *testing.T) {
 			t.Errorf("dead letter without reason or source: %q %q", reason, src)
 		}
 		switch {
-		case strings.Contains(string(d.Value), "bad-status") && !strings.Contains(reason, "status"),
+		case strings.Contains(string(d.Value), "bad-huge") && !strings.Contains(reason, "route"),
+			strings.Contains(string(d.Value), "bad-status") && !strings.Contains(reason, "status"),
 			strings.Contains(string(d.Value), "bad-ip") && !strings.Contains(reason, "client_ip"):
 			t.Errorf("reason %q does not name the field of %s", reason, d.Value)
 		}
 	}
-	if got := testutil.ToFloat64(mustVec(reg, "meterline_sink_events_dead_lettered_total")); got != 4 {
-		t.Errorf("dead-letter metric %v, want 4", got)
+	if got := testutil.ToFloat64(mustVec(reg, "meterline_sink_events_dead_lettered_total")); got != float64(len(invalid)) {
+		t.Errorf("dead-letter metric %v, want %d", got, len(invalid))
 	}
 	// The sink anonymises what gateways produced directly, like the collector.
 	rows, err := db.Query(context.Background(), "SELECT DISTINCT client_ip FROM events WHERE api_key_id = {k:String}", store.P("k", key))

@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/big"
@@ -517,4 +518,20 @@ func assign(col string, dest any, v any) error {
 		return nil
 	}
 	return fmt.Errorf("store: scan column %q: unsupported destination %T", col, dest)
+}
+
+// scanRow assigns the current row's values to dest; both engines' Rows use it.
+func scanRow(cols []string, cur []any, dest []any) error {
+	if cur == nil {
+		return errors.New("store: Scan called without a successful Next")
+	}
+	if len(dest) != len(cur) {
+		return fmt.Errorf("store: Scan got %d destinations for %d columns", len(dest), len(cur))
+	}
+	for i, d := range dest {
+		if err := assign(cols[i], d, cur[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -499,20 +499,7 @@ func (r *serverRows) Next() bool {
 }
 
 // Scan implements Rows.
-func (r *serverRows) Scan(dest ...any) error {
-	if r.cur == nil {
-		return errors.New("store: Scan called without a successful Next")
-	}
-	if len(dest) != len(r.cur) {
-		return fmt.Errorf("store: Scan got %d destinations for %d columns", len(dest), len(r.cur))
-	}
-	for i, d := range dest {
-		if err := assign(r.cols[i], d, r.cur[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (r *serverRows) Scan(dest ...any) error { return scanRow(r.cols, r.cur, dest) }
 
 // Columns implements Rows.
 func (r *serverRows) Columns() []string { return r.cols }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -26,18 +27,9 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		return err
-	}
-	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	sc, err := storeConfig(cfg)
-	if err != nil {
-		return err
-	}
-	db, err := store.Open(ctx, sc, log)
+	cfg, db, log, err := openForCommand(ctx, &cf, stderr)
 	if err != nil {
 		return err
 	}
@@ -65,6 +57,28 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
+// openForCommand loads the configuration and opens the ClickHouse engine
+// for a one-shot command.
+func openForCommand(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Config, store.Conn, *slog.Logger, error) {
+	cfg, err := cf.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	log := newLogger(cfg, stderr)
+	sc, err := storeConfig(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	db, err := store.Open(ctx, sc, log)
+	if err != nil {
+		if len(cfg.ClickHouse.Addr) == 0 {
+			err = fmt.Errorf("%w\n(the embedded engine's data directory %s can be open in one process only: stop `meterline serve`, or read through the HTTP API)", err, cfg.ClickHouse.DataDir)
+		}
+		return nil, nil, nil, err
+	}
+	return cfg, db, log, nil
+}
+
 func runSQL(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sql", `sql [--config FILE] "SELECT ..."`, stderr)
 	var cf commonFlags
@@ -77,22 +91,10 @@ func runSQL(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		return err
-	}
-	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	sc, err := storeConfig(cfg)
+	_, db, _, err := openForCommand(ctx, &cf, stderr)
 	if err != nil {
-		return err
-	}
-	db, err := store.Open(ctx, sc, log)
-	if err != nil {
-		if len(cfg.ClickHouse.Addr) == 0 {
-			return fmt.Errorf("%w\n(the embedded engine's data directory %s can be open in one process only: stop `meterline serve`, or read through the HTTP API)", err, cfg.ClickHouse.DataDir)
-		}
 		return err
 	}
 	defer db.Close()
