@@ -102,6 +102,9 @@ var EventColumns = []string{
 	"properties", "kafka_partition", "kafka_offset", "ingested_at",
 }
 
+// ingestedAtColumn is the index of ingested_at in EventColumns.
+const ingestedAtColumn = 17
+
 func eventRow(e *schemas.Event, m *kafka.Message, now time.Time) []any {
 	props := e.Properties
 	if props == nil {
@@ -122,17 +125,24 @@ const (
 	HeaderErrorReason = "meterline-error-class"
 )
 
+// CustomerResolver tells which customer owns an API key: the key registry
+// of the plan catalogue. Events that carry no customer_id get it at ingest.
+type CustomerResolver interface {
+	CustomerOfKey(apiKeyID string) (string, bool)
+}
+
 // Sink consumes the events topic and writes batches to ClickHouse.
 type Sink struct {
-	cfg    SinkConfig
-	kcfg   KafkaConfig
-	events schemas.Options
-	anon   Anonymizer
-	db     store.Conn
-	reader *kafka.Reader
-	dlq    *kafka.Writer
-	log    *slog.Logger
-	m      sinkMetrics
+	customers CustomerResolver
+	cfg       SinkConfig
+	kcfg      KafkaConfig
+	events    schemas.Options
+	anon      Anonymizer
+	db        store.Conn
+	reader    *kafka.Reader
+	dlq       *kafka.Writer
+	log       *slog.Logger
+	m         sinkMetrics
 
 	mu        sync.Mutex
 	lastFlush time.Time
@@ -147,6 +157,7 @@ type sinkMetrics struct {
 	retries        *prometheus.CounterVec
 	lag            prometheus.Gauge
 	lastFlush      prometheus.Gauge
+	unknownKeys    prometheus.Counter
 }
 
 // NewSink wires a sink. It does not connect until Run.
@@ -228,6 +239,11 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 			Help: "Unix time of the last batch committed to Kafka after a successful insert.",
 		}),
 	}
+	s.m.unknownKeys = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meterline_sink_events_without_customer_total",
+		Help: "Events stored without a customer_id: the event had none and its api_key_id is not in the catalogue.",
+	})
+	reg.MustRegister(s.m.unknownKeys)
 	reg.MustRegister(s.m.stored, s.m.duplicates, s.m.deadLettered, s.m.batchEvents, s.m.insertDuration, s.m.retries, s.m.lag, s.m.lastFlush)
 	return s, nil
 }
@@ -305,6 +321,10 @@ func (s *Sink) shutdown(ctx context.Context, batch []kafka.Message, cause error)
 	return cause
 }
 
+// ResolveCustomers makes the sink fill a missing customer_id from r.
+// Call before Run.
+func (s *Sink) ResolveCustomers(r CustomerResolver) { s.customers = r }
+
 // LastFlush is when the sink last committed a batch (zero before the first).
 func (s *Sink) LastFlush() time.Time {
 	s.mu.Lock()
@@ -343,6 +363,13 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 		if err != nil {
 			dead = append(dead, deadLetter(m, "invalid", err, now))
 			continue
+		}
+		if ev.CustomerID == "" && s.customers != nil {
+			if c, ok := s.customers.CustomerOfKey(ev.APIKeyID); ok {
+				ev.CustomerID = c
+			} else {
+				s.m.unknownKeys.Inc()
+			}
 		}
 		k := ev.APIKeyID + "\x00" + ev.ID
 		if _, dup := seen[k]; dup {
@@ -393,6 +420,13 @@ func (s *Sink) insert(ctx context.Context, rows []pending, token string, now tim
 	bo := newBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
 	for attempt := 1; ; attempt++ {
 		t0 := time.Now()
+		// ingested_at is the time of this attempt: the aggregator finds new
+		// rows by it, so a row must not carry a time older than its insert
+		// by more than one attempt's duration.
+		stamp := t0.UTC()
+		for i := range vals {
+			vals[i][ingestedAtColumn] = stamp
+		}
 		err := s.db.Insert(ctx, EventsTable, EventColumns, vals, store.InsertOptions{DedupToken: token})
 		if err == nil {
 			s.m.insertDuration.Observe(time.Since(t0).Seconds())

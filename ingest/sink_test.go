@@ -298,3 +298,49 @@ func TestSinkResumesFromCommittedOffsets(t *testing.T) {
 		t.Fatalf("%d physical rows, want 400: the second sink re-read committed events", rows)
 	}
 }
+
+// keyOwners is a map-backed CustomerResolver for the test.
+type keyOwners map[string]string
+
+func (k keyOwners) CustomerOfKey(key string) (string, bool) { c, ok := k[key]; return c, ok }
+
+// TestSinkResolvesMissingCustomer fills customer_id from the key registry
+// when the event has none, and keeps the one an event carries.
+func TestSinkResolvesMissingCustomer(t *testing.T) {
+	db := requireDB(t)
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	noCustomer := func(m map[string]any) { delete(m, "customer_id") }
+	f.produce(t, key,
+		eventJSON(t, "rc-1", key, noCustomer),
+		eventJSON(t, "rc-2", key), // carries cust-1
+		eventJSON(t, "rc-3", key+"-unknown", noCustomer),
+	)
+	s, err := NewSink(SinkConfig{GroupID: f.group, FlushInterval: 100 * time.Millisecond}, f.k, schemas.Options{}, Anonymizer{}, db, prometheus.NewRegistry(), quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.ResolveCustomers(keyOwners{key: "acme"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitStored(t, db, key, 2)
+	waitStored(t, db, key+"-unknown", 1)
+	cancel()
+	<-done
+	rows, err := db.Query(context.Background(), "SELECT id, customer_id FROM events FINAL WHERE api_key_id IN ({a:String}, {b:String}) ORDER BY id",
+		store.P("a", key), store.P("b", key+"-unknown"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]string{}
+	for rows.Next() {
+		var id, c string
+		_ = rows.Scan(&id, &c)
+		got[id] = c
+	}
+	if got["rc-1"] != "acme" || got["rc-2"] != "cust-1" || got["rc-3"] != "" {
+		t.Fatalf("customer ids: %v", got)
+	}
+}
