@@ -33,6 +33,10 @@ const (
 // CustomerScopePrefix starts a scope that grants reads of one customer's data.
 const CustomerScopePrefix = "customer:"
 
+// ScopeCustomer stands for "any customer:<id> scope" in HasAny: endpoints
+// that a customer-scoped token may call, limited to its own customers.
+const ScopeCustomer Scope = "customer"
+
 // TokenConfig is one token entry of the configuration file.
 type TokenConfig struct {
 	// Name identifies the holder (a gateway, a dashboard) in logs and metrics.
@@ -53,6 +57,31 @@ type Principal struct {
 func (p Principal) Has(s Scope) bool {
 	for _, have := range p.Scopes {
 		if have == s {
+			return true
+		}
+	}
+	return false
+}
+
+// HasAny reports whether the principal carries one of scopes; ScopeCustomer
+// matches any customer:<id> scope.
+func (p Principal) HasAny(scopes ...Scope) bool {
+	for _, s := range scopes {
+		if s == ScopeCustomer && len(p.Customers()) > 0 || s != ScopeCustomer && p.Has(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// CanReadCustomer reports whether the principal may read customer c's
+// data: admin and finance read every customer, a customer scope its own.
+func (p Principal) CanReadCustomer(c string) bool {
+	if p.Has(ScopeAdmin) || p.Has(ScopeFinance) {
+		return true
+	}
+	for _, own := range p.Customers() {
+		if own == c {
 			return true
 		}
 	}

@@ -38,6 +38,10 @@ ORDER BY version`
 // MigrateOptions.RawRetentionMonths is 0 (the privacy policy's 12 months).
 const DefaultRawRetentionMonths = 12
 
+// DefaultRollupRetentionMonths is the retention of the usage rollups when
+// MigrateOptions.RollupRetentionMonths is 0 (the same 12 months as raw).
+const DefaultRollupRetentionMonths = 12
+
 // ErrMigrationChanged is returned (wrapped) when a migration file differs
 // from the version that was applied. Migrate never re-runs it: released
 // files are immutable, so the fix is a new migration.
@@ -49,6 +53,9 @@ type MigrateOptions struct {
 	// into the table when its migration first runs; changing it later
 	// needs a new migration (ALTER TABLE ... MODIFY TTL).
 	RawRetentionMonths int
+	// RollupRetentionMonths is the TTL of the usage rollup tables
+	// (default 12), baked in like RawRetentionMonths.
+	RollupRetentionMonths int
 	// FS holds the migration files NNNN_name.sql at its root. Nil means
 	// the files embedded in package schemas.
 	FS fs.FS
@@ -58,6 +65,8 @@ type MigrateOptions struct {
 type TemplateData struct {
 	// RawRetentionMonths is the raw events retention in months.
 	RawRetentionMonths int
+	// RollupRetentionMonths is the usage rollups' retention in months.
+	RollupRetentionMonths int
 }
 
 // Applied describes one migration that Migrate applied.
@@ -205,12 +214,18 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths}
+	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths, RollupRetentionMonths: opts.RollupRetentionMonths}
 	if data.RawRetentionMonths == 0 {
 		data.RawRetentionMonths = DefaultRawRetentionMonths
 	}
 	if data.RawRetentionMonths < 0 {
 		return nil, fmt.Errorf("store: migrate: negative RawRetentionMonths %d", data.RawRetentionMonths)
+	}
+	if data.RollupRetentionMonths == 0 {
+		data.RollupRetentionMonths = DefaultRollupRetentionMonths
+	}
+	if data.RollupRetentionMonths < 0 {
+		return nil, fmt.Errorf("store: migrate: negative RollupRetentionMonths %d", data.RollupRetentionMonths)
 	}
 	fsys, err := migrationFS(opts.FS)
 	if err != nil {

@@ -35,7 +35,7 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 	}
 	defer db.Close()
 	if !*status {
-		applied, err := store.Migrate(ctx, db, store.MigrateOptions{RawRetentionMonths: cfg.Retention.RawMonths}, log)
+		applied, err := store.Migrate(ctx, db, migrateOptions(cfg), log)
 		if err != nil {
 			return err
 		}
@@ -176,6 +176,9 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 	shown := *cfg
 	if shown.ClickHouse.Password != "" {
 		shown.ClickHouse.Password = "<redacted>"
+	}
+	if shown.Limits.WebhookSecret != "" {
+		shown.Limits.WebhookSecret = "<redacted>"
 	}
 	if shown.Kafka.SASL.Password != "" {
 		shown.Kafka.SASL.Password = "<redacted>"

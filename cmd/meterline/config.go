@@ -14,6 +14,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meterline/meterline/aggregate"
+	"github.com/meterline/meterline/aggregate/limits"
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/tlsutil"
@@ -33,6 +35,8 @@ type Config struct {
 	Retention  RetentionConfig        `yaml:"retention"`
 	Collector  ingest.CollectorConfig `yaml:"collector"`
 	Sink       ingest.SinkConfig      `yaml:"sink"`
+	Aggregate  aggregate.Config       `yaml:"aggregate"`
+	Limits     limits.Config          `yaml:"limits"`
 	Auth       AuthConfig             `yaml:"auth"`
 }
 
@@ -90,8 +94,11 @@ type EventsConfig struct {
 
 // RetentionConfig says how long data is kept.
 type RetentionConfig struct {
-	// RawMonths is the TTL of the raw events table. Default 12.
+	// RawMonths is the TTL of the raw events table (and of the alert
+	// delivery log). Default 12.
 	RawMonths int `yaml:"raw_months"`
+	// RollupMonths is the TTL of the usage rollup tables. Default 12.
+	RollupMonths int `yaml:"rollup_months"`
 }
 
 // AuthConfig lists the API tokens (hashed).
@@ -138,6 +145,11 @@ func (c *Config) applyDefaults() {
 	if c.Retention.RawMonths == 0 {
 		c.Retention.RawMonths = 12
 	}
+	if c.Retention.RollupMonths == 0 {
+		c.Retention.RollupMonths = 12
+	}
+	c.Aggregate = c.Aggregate.WithDefaults()
+	c.Limits = c.Limits.WithDefaults()
 	c.Collector = c.Collector.WithDefaults()
 	c.Sink = c.Sink.WithDefaults()
 }
@@ -157,7 +169,8 @@ func (c *Config) Validate() error {
 	if c.HTTP.ReadTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("http.read_timeout: %s is shorter than 1s", c.HTTP.ReadTimeout))
 	}
-	errs = append(errs, c.Kafka.Validate(), c.Privacy.Validate(), c.Collector.Validate(), c.Sink.Validate())
+	errs = append(errs, c.Kafka.Validate(), c.Privacy.Validate(), c.Collector.Validate(), c.Sink.Validate(),
+		c.Aggregate.Validate(), c.Limits.Validate())
 	if !validIdent(c.ClickHouse.Database) {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %q must match [A-Za-z_][A-Za-z0-9_]*", c.ClickHouse.Database))
 	}
@@ -181,6 +194,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention.RawMonths < 1 || c.Retention.RawMonths > 1200 {
 		errs = append(errs, fmt.Errorf("retention.raw_months: %d is out of range 1-1200", c.Retention.RawMonths))
+	}
+	if c.Retention.RollupMonths < 1 || c.Retention.RollupMonths > 1200 {
+		errs = append(errs, fmt.Errorf("retention.rollup_months: %d is out of range 1-1200", c.Retention.RollupMonths))
 	}
 	if _, err := auth.New(c.Auth.Tokens); err != nil {
 		errs = append(errs, err)
@@ -227,7 +243,7 @@ const EnvPrefix = "METERLINE_"
 
 // envIgnored are METERLINE_ variables that belong to scripts and tests, not
 // to the configuration.
-var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG"}
+var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG", "METERLINE_URL", "METERLINE_TOKEN"}
 
 // loadConfig reads the file (if any), then the environment, and fills defaults.
 func loadConfig(path string, environ []string) (*Config, error) {

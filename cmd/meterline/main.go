@@ -25,6 +25,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the pipeline roles (all by default) and the HTTP API", runServe},
 		{"migrate", "apply the ClickHouse schema migrations (serve also does at start-up)", runMigrate},
+		{"usage", "print a customer's or key's usage from a running server", runUsage},
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
 		{"token", "create an API token and print its configuration entry", runToken},
 		{"config", "validate the configuration and print the effective settings", runConfig},

@@ -20,6 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meterline/meterline/aggregate"
+	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/store"
@@ -27,11 +30,13 @@ import (
 
 // Roles a process can run. "all" (the default) runs every one of them.
 const (
-	roleCollector = "collector"
-	roleSink      = "sink"
+	roleCollector  = "collector"  // POST /v1/events → Kafka
+	roleSink       = "sink"       // Kafka → raw events table
+	roleAggregator = "aggregator" // raw events → usage rollups (run one per deployment)
+	roleQuery      = "query"      // GET /v1/usage, /v1/limits, /v1/events/stored; plan limits and alerts
 )
 
-var allRoles = []string{roleCollector, roleSink}
+var allRoles = []string{roleCollector, roleSink, roleAggregator, roleQuery}
 
 func parseRoles(s string) ([]string, error) {
 	if s == "" || s == "all" {
@@ -78,6 +83,10 @@ func storeConfig(c *Config) (store.Config, error) {
 	}, nil
 }
 
+func migrateOptions(c *Config) store.MigrateOptions {
+	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths}
+}
+
 // openStore opens the configured engine and brings the schema up to date.
 func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, error) {
 	sc, err := storeConfig(c)
@@ -88,7 +97,7 @@ func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	applied, err := store.Migrate(ctx, db, store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths}, log)
+	applied, err := store.Migrate(ctx, db, migrateOptions(c), log)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("schema migration: %w", err)
@@ -100,7 +109,7 @@ func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, er
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", "serve [--config FILE] [--roles collector,sink] [flags]", stderr)
+	fs := newFlagSet("serve", "serve [--config FILE] [--roles collector,sink,aggregator,query] [flags]", stderr)
 	var cf commonFlags
 	cf.register(fs)
 	rolesFlag := fs.String("roles", "all", "comma-separated `roles` to run: "+strings.Join(allRoles, ", ")+", or all")
@@ -143,7 +152,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	}
 
 	var db store.Conn
-	if has(roleSink) {
+	if has(roleSink) || has(roleAggregator) || has(roleQuery) {
 		db, err = openStore(ctx, cfg, log)
 		if err != nil {
 			return err
@@ -151,16 +160,43 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		defer db.Close()
 		log.Info("clickhouse ready", "engine", db.Engine(), "database", cfg.ClickHouse.Database)
 	}
-	if err := ensureTopics(ctx, cfg.Kafka, log); err != nil {
-		return err
+	if has(roleCollector) || has(roleSink) {
+		if err := ensureTopics(ctx, cfg.Kafka, log); err != nil {
+			return err
+		}
 	}
+
+	// The plan catalogue: the sink resolves customers with it, the query
+	// role serves limits from it. One watcher reloads it for both.
+	var catalogue *limits.Catalogue
+	if f := cfg.Limits.CatalogueFile; f != "" {
+		if catalogue, err = limits.LoadRegistry(f); err != nil {
+			return fmt.Errorf("limits.catalogue_file: %w", err)
+		}
+	}
+	registry := limits.NewRegistry(catalogue)
 
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var wg sync.WaitGroup
-	runErr := make(chan error, 2)
+	runErr := make(chan error, 4)
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
+	goRun := func(name string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(runCtx); err != nil {
+				runErr <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery)) {
+		goRun("catalogue watcher", func(ctx context.Context) error {
+			limits.WatchFile(ctx, cfg.Limits.CatalogueFile, registry, cfg.Limits.ReloadEvery, log)
+			return nil
+		})
+	}
 
 	if has(roleCollector) {
 		w, err := ingest.NewProducer(cfg.Kafka)
@@ -177,15 +213,27 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := sink.Run(runCtx); err != nil {
-				runErr <- fmt.Errorf("sink: %w", err)
-			}
-		}()
-		checks = append(checks, readyCheck{"clickhouse", db.Ping})
+		sink.ResolveCustomers(registry)
+		if !has(roleQuery) {
+			reg.MustRegister(registry) // the view registers it otherwise
+		}
+		goRun(roleSink, sink.Run)
+	}
+	if has(roleAggregator) {
+		agg := aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))
+		goRun(roleAggregator, agg.Run)
+	}
+	if has(roleQuery) {
+		querier := aggregate.NewQuerier(db)
+		view := limits.NewView(cfg.Limits, registry, querier, db, reg, log.With("role", roleQuery))
+		defer view.Close()
+		goRun("limits view", view.Run)
+		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
+		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", ingest.NewStoredHandler(db, tokens))
+	}
+	if db != nil {
+		checks = append(checks, readyCheck{"clickhouse", db.Ping})
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {

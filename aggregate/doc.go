@@ -1,0 +1,74 @@
+// Package aggregate keeps the usage rollups (per minute, hour, day and
+// month) and answers usage queries from them.
+//
+// # Why re-aggregation and not a materialized view
+//
+// The raw table holds physical duplicates of an event until its parts merge
+// (a gateway retry, a Kafka redelivery): see schemas/sql/0001_events.sql. A
+// materialized view sees every inserted copy and would count each. The
+// rollups are therefore recomputed from deduplicated input ("events FINAL"),
+// driven by a watermark on ingested_at, the time the sink stamped on each
+// row when it inserted it:
+//
+//   - Every Config.Interval the Aggregator takes a bound B = now -
+//     Config.Settle (so that an insert in flight has landed) and the
+//     watermark W that the last tick saved, and finds the dirty groups: the
+//     distinct (customer_id, api_key_id, minute) of the rows ingested in
+//     (W - Config.Overlap, B]. The overlap re-does a little work to cover
+//     clock skew between sink and aggregator and inserts slower than Settle.
+//   - In ClickHouse (INSERT ... SELECT; no row passes through Go) it
+//     recomputes usage_minute for exactly those groups from events FINAL,
+//     usage_hour for their hours from usage_minute FINAL (merging the
+//     quantile and distinct-IP states), usage_day from usage_hour FINAL and
+//     usage_month from usage_day FINAL (UTC days and months).
+//   - Only after all four levels succeeded does it save W = B, so a crash
+//     re-does the tick; a tick is idempotent.
+//
+// Every rollup table is a ReplacingMergeTree versioned by computed_at, which
+// the INSERT ... SELECT sets to now64(3): a recomputed window replaces its
+// earlier row, so a window rolled up twice never counts twice, and a late
+// event (any age the ingest accepts, 35 days by default) simply makes its old
+// window dirty again. Duplicates never count because the input is FINAL.
+//
+// One aggregator per deployment is expected. Two at once are still correct:
+// each computation reads the state at its start and stamps the engine's
+// now64(3) (one clock, the engine's), so the computation that started last,
+// which saw the most data, wins; every change to a lower level is followed
+// in the same tick by a recomputation of the levels above it; and a
+// watermark that moves back when the slower one saves it only causes
+// re-work. Clocks of sink and aggregator machines should agree within
+// Config.Overlap.
+//
+// A very large dirty set (the first tick over a filled table, a backfill) is
+// recomputed in slices by a hash of (customer, key, UTC day), so the memory
+// of one statement stays bounded; a slice holds whole days of a key, so the
+// levels above stay consistent.
+//
+// # Reading
+//
+// Querier.Usage reads rollups for closed windows and the raw table only for
+// the open edge. With T the minute of the watermark, rows come from the
+// rollup table of the requested granularity for windows that end by the
+// start of the window holding T, from usage_minute up to T, and from events
+// FINAL aggregated on the fly from T on. Ranges that do not start or end on
+// a window boundary are clipped exactly: the partial windows come from finer
+// rollups, and seconds from raw. Every instant of the range comes from
+// exactly one source, so nothing counts twice whatever the aggregator is
+// doing meanwhile.
+//
+// Day and month windows follow UsageQuery.TZ. They cannot come from UTC day
+// rows unless the zone is UTC; they come from hour rows when every local
+// midnight in the range falls on a UTC hour (whole-hour offsets, DST
+// included), otherwise from minute rows. Minute and hour windows are UTC
+// windows (in a zone such as Asia/Kolkata, +05:30, hours start at :30 local
+// time).
+//
+// Staleness: a late event (time before T) is counted from the tick after it
+// was ingested, at most Interval + Settle later (plus the time a tick takes).
+// Events at or after T are read from raw and count as soon as they are
+// stored. Freshness returns the watermark.
+//
+// Every value of a query reaches SQL as a bound {name:Type} parameter;
+// group_by names are mapped through a fixed allow-list to fixed SQL
+// identifiers.
+package aggregate

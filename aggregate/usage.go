@@ -1,0 +1,283 @@
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meterline/meterline/store"
+)
+
+// dimension is a column rows can be grouped by: its column in the rollup
+// tables and its expression over the raw table.
+type dimension struct {
+	rollup, raw string
+}
+
+// groupColumns maps each GroupByAllowed name to fixed SQL. Request input
+// only ever selects entries of this map; it is never written into SQL.
+var groupColumns = map[string]dimension{
+	"api_key_id":   {"api_key_id", "api_key_id"},
+	"route":        {"route", "route"},
+	"method":       {"method", "method"},
+	"status_class": {"status_class", statusClassExpr},
+	"gateway":      {"gateway", "gateway"},
+}
+
+// customerDimension groups UnitsByCustomer; it is not offered to queries.
+var customerDimension = dimension{"customer_id", "customer_id"}
+
+// Querier answers usage queries from the rollups and the raw table.
+type Querier struct {
+	db store.Conn
+}
+
+// NewQuerier returns a Querier reading db.
+func NewQuerier(db store.Conn) *Querier {
+	return &Querier{db: db}
+}
+
+// Freshness returns the watermark: the rollups include every event
+// ingested before it (zero before the first tick). Usage is exact for
+// events at or after its minute too, which are read from raw; older events
+// ingested after it count from the next tick on.
+func (q *Querier) Freshness(ctx context.Context) (time.Time, error) {
+	w, err := readWatermark(ctx, q.db)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("aggregate: %w", err)
+	}
+	return w, nil
+}
+
+// Usage returns the usage rows of uq, ordered by window, then by the group
+// values in GroupBy order. Rows without requests are left out. Invalid
+// queries fail with the *ParamError of Validate before anything runs; an
+// answer over MaxRows rows fails with a *ParamError too.
+func (q *Querier) Usage(ctx context.Context, uq UsageQuery) ([]UsageRow, error) {
+	if err := uq.Validate(); err != nil {
+		return nil, err
+	}
+	if uq.TZ == nil {
+		uq.TZ = time.UTC
+	}
+	w, err := q.Freshness(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sqlText, params := buildUsageSQL(uq, frontier(w))
+	rows, err := q.db.Query(ctx, sqlText, params...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregate: usage query: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []UsageRow
+	groupVals := make([]string, len(uq.GroupBy))
+	for rows.Next() {
+		if len(out) == MaxRows {
+			return nil, &ParamError{Param: "window", Message: fmt.Sprintf("the answer has more than %d rows: use a coarser window, a shorter range or fewer group_by dimensions", MaxRows)}
+		}
+		var r UsageRow
+		dest := []any{&r.WindowStart}
+		for i := range groupVals {
+			dest = append(dest, &groupVals[i])
+		}
+		dest = append(dest, &r.Requests, &r.ClientErrors, &r.ServerErrors, &r.UnitsText,
+			&r.RequestBytes, &r.ResponseBytes, &r.LatencyP50, &r.LatencyP95, &r.LatencyP99, &r.DistinctClientIPs)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("aggregate: usage query: %w", err)
+		}
+		if r.Units, err = strconv.ParseFloat(r.UnitsText, 64); err != nil {
+			return nil, fmt.Errorf("aggregate: usage query: units %q: %w", r.UnitsText, err)
+		}
+		r.WindowStart = r.WindowStart.In(uq.TZ)
+		r.Group = make(map[string]string, len(uq.GroupBy))
+		for i, g := range uq.GroupBy {
+			r.Group[g] = groupVals[i]
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("aggregate: usage query: %w", err)
+	}
+	return out, nil
+}
+
+// UnitsByCustomer returns the units of every customer with events in
+// [from, to), read exactly like Usage (rollups before the watermark's
+// minute, raw after it; summed as decimals, converted last).
+func (q *Querier) UnitsByCustomer(ctx context.Context, from, to time.Time) (map[string]float64, error) {
+	if errs := validRange(from, to); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	w, err := q.Freshness(ctx)
+	if err != nil {
+		return nil, err
+	}
+	from, to = ceilMilli(from), ceilMilli(to)
+	p := makePlan([]time.Time{from, to}, frontier(w), levelMonth)
+	branches, params := branchesSQL(p, []dimension{customerDimension}, nil)
+	sqlText := `SELECT g0, toString(sum(u)) FROM (` + branches + `) GROUP BY g0 HAVING sum(r) > 0`
+	rows, err := q.db.Query(ctx, sqlText, params...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregate: units by customer: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[string]float64{}
+	for rows.Next() {
+		var c, u string
+		if err := rows.Scan(&c, &u); err != nil {
+			return nil, fmt.Errorf("aggregate: units by customer: %w", err)
+		}
+		f, err := strconv.ParseFloat(u, 64)
+		if err != nil {
+			return nil, fmt.Errorf("aggregate: units by customer: units %q: %w", u, err)
+		}
+		out[c] = f
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("aggregate: units by customer: %w", err)
+	}
+	return out, nil
+}
+
+// frontier is T, the minute of the watermark: windows before it come from
+// rollups, time from it on from raw. Zero (no tick yet) reads raw only.
+func frontier(w time.Time) time.Time {
+	if w.IsZero() {
+		return time.Time{}
+	}
+	return floorUTC(levelMinute, w)
+}
+
+// ceilMilli rounds t up to the millisecond of raw event times: an event at
+// millisecond m is at or after t exactly when m >= ceilMilli(t).
+func ceilMilli(t time.Time) time.Time {
+	f := t.Truncate(time.Millisecond)
+	if f.Equal(t) {
+		return t.UTC()
+	}
+	return f.Add(time.Millisecond).UTC()
+}
+
+// buildUsageSQL returns the statement answering a validated uq (TZ set)
+// with frontier t, and its parameters.
+func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
+	from, to := ceilMilli(uq.From), ceilMilli(uq.To)
+	p := makePlan(windowBounds(from, to, uq.Window, uq.TZ), t, windowLevel[uq.Window])
+	dims := make([]dimension, len(uq.GroupBy))
+	for i, g := range uq.GroupBy {
+		dims[i] = groupColumns[g]
+	}
+	var filter []string
+	var params []store.Param
+	if uq.CustomerID != "" {
+		filter = append(filter, "customer_id = {customer_id:String}")
+		params = append(params, store.P("customer_id", uq.CustomerID))
+	}
+	if uq.APIKeyID != "" {
+		filter = append(filter, "api_key_id = {api_key_id:String}")
+		params = append(params, store.P("api_key_id", uq.APIKeyID))
+	}
+	branches, bparams := branchesSQL(p, dims, filter)
+	params = append(params, bparams...)
+
+	var bucket string
+	switch uq.Window {
+	case WindowMinute:
+		bucket = "ws"
+	case WindowHour:
+		bucket = "toStartOfHour(ws)"
+	case WindowDay:
+		bucket = "toStartOfDay(ws, {tz:String})"
+		params = append(params, store.P("tz", uq.TZ.String()))
+	case WindowMonth:
+		bucket = "toDateTime(toStartOfMonth(ws, {tz:String}), {tz:String})"
+		params = append(params, store.P("tz", uq.TZ.String()))
+	}
+	groups := ""
+	for i := range dims {
+		groups += ", g" + strconv.Itoa(i)
+	}
+	params = append(params, store.P("limit", uint64(MaxRows+1)))
+	return `SELECT bucket` + groups + `, n, n_ce, n_se, toString(n_u), n_rqb, n_rsb,
+    if(n = 0, 0, toFloat64(q[1])), if(n = 0, 0, toFloat64(q[2])), if(n = 0, 0, toFloat64(q[3])), n_ips
+FROM
+(
+    SELECT ` + bucket + ` AS bucket` + groups + `,
+        sum(r) AS n, sum(ce) AS n_ce, sum(se) AS n_se, sum(u) AS n_u, sum(rqb) AS n_rqb, sum(rsb) AS n_rsb,
+        quantilesTDigestMerge(` + latencyQuantiles + `)(lat) AS q,
+        uniqExactMerge(ips) AS n_ips
+    FROM
+    (
+` + branches + `
+    )
+    GROUP BY bucket` + groups + `
+    HAVING n > 0
+)
+ORDER BY bucket` + groups + `
+LIMIT {limit:UInt64}`, params
+}
+
+// branchesSQL returns a UNION ALL of one SELECT per level that the plan
+// uses, each giving rows (ws, g0..gN, r, ce, se, u, rqb, rsb, lat, ips) of
+// the same types: ws is a minute or coarser window start, gI the value of
+// dims[I], then requests, client and server errors, units, request and
+// response bytes, and the latency and client-IP states. Raw rows are
+// aggregated per minute on the fly. filter holds fixed conditions.
+func branchesSQL(p plan, dims []dimension, filter []string) (string, []store.Param) {
+	var parts []string
+	var params []store.Param
+	for l := levelMonth; l >= levelRaw; l-- {
+		if len(p[l]) == 0 {
+			continue
+		}
+		col, typ := "window_start", "DateTime('UTC')"
+		if l == levelRaw {
+			col, typ = "time", "DateTime64(3, 'UTC')"
+		}
+		var ranges []string
+		for i, s := range p[l] {
+			a := fmt.Sprintf("l%d_%d_from", l, i)
+			b := fmt.Sprintf("l%d_%d_to", l, i)
+			ranges = append(ranges, fmt.Sprintf("(%s >= {%s:%s} AND %s < {%s:%s})", col, a, typ, col, b, typ))
+			params = append(params, store.P(a, s.from), store.P(b, s.to))
+		}
+		where := append(append([]string(nil), filter...), "("+strings.Join(ranges, " OR ")+")")
+		var b strings.Builder
+		if l == levelRaw {
+			b.WriteString("        SELECT toDateTime(toStartOfMinute(time), 'UTC') AS ws")
+			for i, d := range dims {
+				fmt.Fprintf(&b, ", %s AS g%d", d.raw, i)
+			}
+			b.WriteString(`,
+            count() AS r, countIf(status >= 400 AND status < 500) AS ce, countIf(status >= 500) AS se,
+            sum(units) AS u, sum(request_bytes) AS rqb, sum(response_bytes) AS rsb,
+            quantilesTDigestState(` + latencyQuantiles + `)(latency_ms) AS lat,
+            uniqExactStateIf(client_ip, client_ip != '') AS ips
+        FROM events FINAL
+        WHERE `)
+			b.WriteString(strings.Join(where, " AND "))
+			b.WriteString("\n        GROUP BY ws")
+			for i := range dims {
+				fmt.Fprintf(&b, ", g%d", i)
+			}
+		} else {
+			b.WriteString("        SELECT window_start AS ws")
+			for i, d := range dims {
+				fmt.Fprintf(&b, ", %s AS g%d", d.rollup, i)
+			}
+			b.WriteString(`,
+            requests AS r, client_errors AS ce, server_errors AS se,
+            units AS u, request_bytes AS rqb, response_bytes AS rsb,
+            latency_state AS lat, client_ips_state AS ips
+        FROM ` + levelTables[l] + ` FINAL
+        WHERE `)
+			b.WriteString(strings.Join(where, " AND "))
+		}
+		parts = append(parts, b.String())
+	}
+	return strings.Join(parts, "\n        UNION ALL\n"), params
+}
