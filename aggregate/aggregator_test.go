@@ -2,6 +2,10 @@ package aggregate_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +48,10 @@ func checkAll(t *testing.T, db store.Conn, gen *generator, from, to time.Time, l
 			if w == aggregate.WindowMinute && to.Sub(f) > aggregate.MaxMinuteRange {
 				f = to.Add(-aggregate.MaxMinuteRange)
 			}
+			if w == aggregate.WindowMonth && loc == time.UTC {
+				// A whole UTC month in the range: usage_month serves it.
+				f = time.Date(from.Year(), from.Month(), 1, 0, 0, 0, 0, time.UTC)
+			}
 			for gi, gs := range groupSets {
 				if w == aggregate.WindowMinute && len(gs) > 1 {
 					continue // the single dimensions cover minute rows; keep the run short
@@ -82,6 +90,29 @@ func checkAll(t *testing.T, db store.Conn, gen *generator, from, to time.Time, l
 		}
 	}
 	t.Logf("%d usage queries compared with the recount", len(queries))
+
+	// UnitsByCustomer, the limits view's read path, over the same range and
+	// over one starting at a UTC month (so that usage_month serves a part).
+	monthStart := time.Date(from.Year(), from.Month(), 1, 0, 0, 0, 0, time.UTC)
+	for _, r := range [][2]time.Time{{from, to}, {monthStart, to}} {
+		got, err := q.UnitsByCustomer(testCtx(t), r[0], r[1])
+		if err != nil {
+			t.Fatalf("%s: UnitsByCustomer: %v", seedMsg, err)
+		}
+		for _, c := range gen.customers {
+			var want int64
+			n := 0
+			for _, e := range stored {
+				if e.Customer == c && !e.Time.Before(r[0]) && e.Time.Before(r[1]) && (visible == nil || visible(e)) {
+					want += e.Micros
+					n++
+				}
+			}
+			if _, ok := got[c]; ok != (n > 0) || math.Abs(got[c]-float64(want)/1e6) > 1e-6 {
+				t.Errorf("%s: UnitsByCustomer [%s, %s) for %s = %v (present %v), want %d micro-units from %d events", seedMsg, r[0], r[1], c, got[c], ok, want, n)
+			}
+		}
+	}
 }
 
 // TestRecomputedWindowsNeverCountTwice rolls the same windows up again and
@@ -105,33 +136,45 @@ func TestRecomputedWindowsNeverCountTwice(t *testing.T) {
 		t.Fatalf("first tick found %d dirty groups", st.DirtyGroups)
 	}
 	checkAll(t, db, gen, from, to, utc, nil, "after the first tick")
-	physical := countRows(t, db, "SELECT count() FROM usage_minute WHERE customer_id IN {c:Array(String)}", gen.customers)
+	physical := countRows(t, db, "SELECT count() FROM usage_minute WHERE customer_id IN {c:Array(String)}", store.P("c", gen.customers))
 
 	tick(t, a)
 	tick(t, a)
 	checkAll(t, db, gen, from, to, utc, nil, "after two more ticks")
 	// The windows were written again (inside the overlap) and replaced.
-	if again := countRows(t, db, "SELECT count() FROM usage_minute WHERE customer_id IN {c:Array(String)}", gen.customers); again <= physical {
+	if again := countRows(t, db, "SELECT count() FROM usage_minute WHERE customer_id IN {c:Array(String)}", store.P("c", gen.customers)); again <= physical {
 		t.Logf("usage_minute rows: %d then %d (merges may have collapsed them)", physical, again)
 	}
-	final := countRows(t, db, "SELECT count() FROM usage_minute FINAL WHERE customer_id IN {c:Array(String)}", gen.customers)
+	final := countRows(t, db, "SELECT count() FROM usage_minute FINAL WHERE customer_id IN {c:Array(String)}", store.P("c", gen.customers))
 	if final > physical {
 		t.Errorf("usage_minute FINAL has %d rows after re-aggregation, %d before", final, physical)
 	}
 
 	// A late event in a rolled-up minute, and a re-sent copy of an event
-	// that is already counted.
-	late := gen.event(evs[0].Time.Add(time.Millisecond))
-	late.Customer, late.Key = evs[0].Customer, evs[0].Key
-	insertEvents(t, db, []testEvent{late, evs[1]})
+	// that is already counted. The late event goes to the latest event of
+	// the previous UTC month, so the tick recomputes that month from a day
+	// in its middle, with earlier days of the month already rolled up.
+	thisMonth := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	target := evs[0]
+	for _, e := range evs {
+		if e.Time.Before(thisMonth) && (target.Time.After(thisMonth) || e.Time.After(target.Time)) {
+			target = e
+		}
+	}
+	late := gen.event(target.Time.Add(time.Millisecond))
+	late.Customer, late.Key = target.Customer, target.Key
+	insertEvents(t, db, []testEvent{late, target})
 	w, err := aggregate.NewQuerier(db).Freshness(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Before the next tick the late event is not counted (it lies before
 	// the frontier); nothing else changed.
-	checkAll(t, db, gen, from, to, utc, visibleAt(w), "before the tick after a late event")
-	tick(t, a)
+	checkAll(t, db, gen, from, to, utc, visibleAt(w, idSet(evs)), "before the tick after a late event")
+	// Without the overlap this tick sees only the two new rows: it
+	// recomputes one minute, hour and day, and their month from rows that
+	// earlier ticks wrote.
+	tick(t, aggregate.NewAggregator(aggregate.Config{Interval: time.Second, Settle: time.Millisecond, Overlap: time.Millisecond}, db, nil, quietLog()))
 	checkAll(t, db, gen, from, to, utc, nil, "after the tick after a late event")
 }
 
@@ -205,18 +248,30 @@ func TestTickMetrics(t *testing.T) {
 	}
 }
 
-// visibleAt says which events Usage counts when the watermark is w: all
-// that the rollups hold (ingested by w) and all read from raw (at or after
-// w's minute); a late event ingested after w is not counted yet.
-func visibleAt(w time.Time) func(storedEvent) bool {
+// visibleAt says which events Usage counts when the watermark is w and
+// rolledUp holds the ids stored before the tick that saved it: those, and
+// every event read from raw (at or after w's minute); a late event stored
+// after the tick is not counted yet. The ids come from the test, not from
+// ingested_at: once the copies of a re-sent event merge, the row kept is
+// the last one, stamped when the re-sent copy was stored.
+func visibleAt(w time.Time, rolledUp map[string]bool) func(storedEvent) bool {
 	frontier := w.Truncate(time.Minute)
-	return func(e storedEvent) bool { return !e.Ingested.After(w) || !e.Time.Before(frontier) }
+	return func(e storedEvent) bool { return rolledUp[e.ID] || !e.Time.Before(frontier) }
 }
 
-// countRows runs a count query over customers.
-func countRows(t testing.TB, db store.Conn, sql string, customers []string) uint64 {
+// idSet returns the ids of evs.
+func idSet(evs []testEvent) map[string]bool {
+	m := make(map[string]bool, len(evs))
+	for _, e := range evs {
+		m[e.ID] = true
+	}
+	return m
+}
+
+// countRows runs a query that returns one count.
+func countRows(t testing.TB, db store.Conn, sql string, params ...store.Param) uint64 {
 	t.Helper()
-	rows, err := db.Query(testCtx(t), sql, store.P("c", customers))
+	rows, err := db.Query(testCtx(t), sql, params...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,4 +286,135 @@ func countRows(t testing.TB, db store.Conn, sql string, customers []string) uint
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestReplacedEventLeavesItsOldGroup re-sends an event (same customer, key,
+// time and id, so the raw table keeps only the last copy) with another
+// route: after the next tick its old route must not keep the count.
+func TestReplacedEventLeavesItsOldGroup(t *testing.T) {
+	db := requireDB(t)
+	gen := newGenerator(uint64(time.Now().UnixNano()), testenv.Unique("moved"), 1, 1)
+	e := gen.event(time.Now().UTC().Add(-2 * time.Hour))
+	e.Route = "/v1/before"
+	other := gen.event(e.Time.Add(time.Second))
+	other.Key, other.Route = e.Key, "/v1/other"
+	insertEvents(t, db, []testEvent{e, other})
+	a := aggregate.NewAggregator(testConfig, db, nil, quietLog())
+	tick(t, a)
+	moved := e
+	moved.Route = "/v1/after"
+	insertEvents(t, db, []testEvent{moved})
+	tick(t, a)
+	q := aggregate.NewQuerier(db)
+	for _, w := range []aggregate.Window{aggregate.WindowMinute, aggregate.WindowHour, aggregate.WindowDay, aggregate.WindowMonth} {
+		rows, err := q.Usage(testCtx(t), aggregate.UsageQuery{CustomerID: e.Customer, From: e.Time.Add(-time.Hour), To: e.Time.Add(time.Hour),
+			Window: w, GroupBy: []string{"route"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]uint64{}
+		for _, r := range rows {
+			got[r.Group["route"]] += r.Requests
+		}
+		if fmt.Sprint(got) != "map[/v1/after:1 /v1/other:1]" {
+			t.Errorf("window %s: requests by route %v, want /v1/after and /v1/other once each", w, got)
+		}
+	}
+}
+
+// failingConn is an engine that refuses every statement.
+type failingConn struct{ store.Conn }
+
+func (failingConn) Exec(context.Context, string, ...store.Param) error {
+	return errors.New("injected failure")
+}
+
+func (failingConn) Query(context.Context, string, ...store.Param) (store.Rows, error) {
+	return nil, errors.New("injected failure")
+}
+
+// ticks returns meterline_aggregate_ticks_total{result} from reg.
+func ticks(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "meterline_aggregate_ticks_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// TestRunTicksUntilStoppedAndOutlivesErrors runs the loop against the
+// engine and against one that fails every statement: Run keeps ticking
+// (retrying with backoff) and returns nil when its context ends.
+func TestRunTicksUntilStoppedAndOutlivesErrors(t *testing.T) {
+	db := requireDB(t)
+	for _, c := range []struct {
+		name   string
+		db     store.Conn
+		result string
+	}{{"working engine", db, "ok"}, {"failing engine", failingConn{db}, "error"}} {
+		reg := prometheus.NewRegistry()
+		a := aggregate.NewAggregator(aggregate.Config{Interval: 100 * time.Millisecond, Settle: time.Millisecond}, c.db, reg, quietLog())
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		testenv.Eventually(t, 30*time.Second, func() error {
+			if n := ticks(t, reg, c.result); n < 2 {
+				return fmt.Errorf("%s: %v ticks with result %s", c.name, n, c.result)
+			}
+			return nil
+		})
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: Run returned %v after its context ended", c.name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: Run did not return after its context ended", c.name)
+		}
+	}
+}
+
+// TestRollupRetentionIsConfigurable migrates a second database with a
+// 3-month rollup retention and checks that every rollup table got it.
+func TestRollupRetentionIsConfigurable(t *testing.T) {
+	requireDB(t)
+	if os.Getenv(serverAddrEnv) != "" {
+		t.Skip("opens a second database on the embedded engine")
+	}
+	db, err := store.Open(testCtx(t), store.Config{DataDir: testDataDir, Database: "retention_3"}, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := store.Migrate(testCtx(t), db, store.MigrateOptions{RollupRetentionMonths: 3}, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"usage_minute", "usage_hour", "usage_day", "usage_month"} {
+		rows, err := db.Query(testCtx(t), "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = {t:String}", store.P("t", table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ddl string
+		for rows.Next() {
+			if err := rows.Scan(&ddl); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rows.Close()
+		if !strings.Contains(ddl, "TTL window_start + toIntervalMonth(3)") {
+			t.Errorf("%s: %s", table, ddl)
+		}
+	}
 }

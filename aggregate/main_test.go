@@ -22,6 +22,9 @@ import (
 // METERLINE_TEST_CLICKHOUSE_ADDR set, the tests run on that server instead.
 var testDB store.Conn
 
+// testDataDir is the embedded engine's data directory (empty on a server).
+var testDataDir string
+
 const serverAddrEnv = "METERLINE_TEST_CLICKHOUSE_ADDR"
 
 func TestMain(m *testing.M) {
@@ -44,7 +47,7 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 		defer func() { _ = os.RemoveAll(dir) }()
-		cfg.DataDir = dir
+		cfg.DataDir, testDataDir = dir, dir
 	}
 	db, err := store.Open(ctx, cfg, quietLog())
 	if err != nil {

@@ -3,6 +3,7 @@ package aggregate
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -66,10 +67,12 @@ type UsageQuery struct {
 	TZ *time.Location
 }
 
-// ParamError is a bad query parameter: Param is its name as the HTTP API
-// spells it (customer_id, api_key_id, from, to, window, group_by, tz).
+// ParamError is a bad query parameter.
 type ParamError struct {
-	Param   string
+	// Param is the parameter's name as the HTTP API spells it:
+	// customer_id, api_key_id, from, to, window, group_by or tz.
+	Param string
+	// Message says what is wrong, for the client.
 	Message string
 }
 
@@ -78,6 +81,20 @@ func (e *ParamError) Error() string { return e.Param + ": " + e.Message }
 
 func paramErr(param, format string, args ...any) error {
 	return &ParamError{Param: param, Message: fmt.Sprintf(format, args...)}
+}
+
+// echo quotes client input for a message, cut short: a message repeats
+// what was wrong, not a megabyte of it.
+func echo(s string) string {
+	const limit = 64
+	if len(s) > limit {
+		cut := limit
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // Validate reports every bad parameter of q, each as a *ParamError (joined
@@ -104,16 +121,25 @@ func (q UsageQuery) Validate() error {
 	case "":
 		errs = append(errs, paramErr("window", "window is required: minute, hour, day or month"))
 	default:
-		errs = append(errs, paramErr("window", "unknown window %q: use minute, hour, day or month", string(q.Window)))
+		errs = append(errs, paramErr("window", "unknown window %s: use minute, hour, day or month", echo(string(q.Window))))
+	}
+	if q.TZ != nil {
+		// The zone reaches the engine by name: a fixed or local zone has
+		// no name it would know.
+		if name := q.TZ.String(); name == "Local" {
+			errs = append(errs, paramErr("tz", "the server's local zone is not accepted; name an IANA zone"))
+		} else if _, err := time.LoadLocation(name); err != nil {
+			errs = append(errs, paramErr("tz", "zone %s is not an IANA zone name", echo(name)))
+		}
 	}
 	seen := map[string]bool{}
 	for _, g := range q.GroupBy {
 		if _, ok := groupColumns[g]; !ok {
-			errs = append(errs, paramErr("group_by", "unknown dimension %q: allowed are %s", g, strings.Join(GroupByAllowed, ", ")))
+			errs = append(errs, paramErr("group_by", "unknown dimension %s: allowed are %s", echo(g), strings.Join(GroupByAllowed, ", ")))
 			continue
 		}
 		if seen[g] {
-			errs = append(errs, paramErr("group_by", "%q is repeated", g))
+			errs = append(errs, paramErr("group_by", "%s is repeated", echo(g)))
 		}
 		seen[g] = true
 	}
@@ -168,11 +194,11 @@ func ParseTZ(name string) (*time.Location, error) {
 		return time.UTC, nil
 	}
 	if name == "Local" || len(name) > 64 || strings.ContainsAny(name, "\x00\\") || strings.Contains(name, "..") {
-		return nil, paramErr("tz", "unknown time zone %q", name)
+		return nil, paramErr("tz", "unknown time zone %s", echo(name))
 	}
 	loc, err := time.LoadLocation(name)
 	if err != nil {
-		return nil, paramErr("tz", "unknown time zone %q", name)
+		return nil, paramErr("tz", "unknown time zone %s", echo(name))
 	}
 	return loc, nil
 }

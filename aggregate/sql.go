@@ -3,7 +3,6 @@ package aggregate
 // Table names. The schema is schemas/sql/0002_rollups.sql.
 const (
 	eventsTable   = "events"
-	stateTable    = "aggregate_state"
 	watermarkName = "watermark"
 )
 
@@ -20,26 +19,36 @@ const statusClassExpr = `concat(toString(intDiv(status, 100)), 'xx')`
 // so they cannot change without a migration.
 const latencyQuantiles = `0.5, 0.95, 0.99`
 
-// dirtyRows selects the raw rows a tick (slice) looks at: ingested in
-// (lo, hi], and in this slice of the (customer, key, UTC day) hash space.
-// Whole days of a key share a slice, so the hour, day and month levels
-// computed after a slice's minutes see all of them.
+// dirtyRows selects the raw rows a tick slice looks at: ingested in
+// (lo, hi], with event times in [from, to) (whole UTC days), and in part
+// part of mod of the (customer, key) hash space. A slice thus holds whole
+// days of a key, so the hour and day levels computed after its minutes see
+// all of them; the month level reads whole months and is recomputed by
+// every slice that touches the month, the last one after all its days.
 const dirtyRows = `ingested_at > {lo:DateTime64(3, 'UTC')} AND ingested_at <= {hi:DateTime64(3, 'UTC')}
-          AND cityHash64(customer_id, api_key_id, toStartOfDay(time)) % {slices:UInt64} = {slice:UInt64}`
+          AND time >= {from:DateTime('UTC')} AND time < {to:DateTime('UTC')}
+          AND cityHash64(customer_id, api_key_id) % {mod:UInt64} = {part:UInt64}`
 
-// countDirtySQL counts the dirty (customer, key, minute) groups of a tick.
-const countDirtySQL = `SELECT count() FROM (
-    SELECT DISTINCT customer_id, api_key_id, toStartOfMinute(time)
+// dirtyDaysSQL counts the dirty (customer, key, minute) groups of a tick
+// per UTC day, from which the tick cuts its slices.
+const dirtyDaysSQL = `SELECT toDateTime(toStartOfDay(m), 'UTC') AS day, count()
+FROM
+(
+    SELECT DISTINCT customer_id, api_key_id, toStartOfMinute(time) AS m
     FROM events
-    WHERE ` + dirtyRows + `
-)`
+    WHERE ingested_at > {lo:DateTime64(3, 'UTC')} AND ingested_at <= {hi:DateTime64(3, 'UTC')}
+)
+GROUP BY day
+ORDER BY day`
 
 // minuteSQL recomputes the dirty minutes from events FINAL. The second
 // branch of the union brings every group already stored for those minutes
 // with nothing to count: a group that no longer has events (its only event
 // was replaced by a re-sent copy with other dimensions) is rewritten with
 // requests = 0 instead of keeping its stale figures. Only rows with n = 1
-// feed the states.
+// feed the states. The explicit time bounds repeat what the dirty set
+// implies, so that partitions and index ranges outside the slice are
+// skipped without consulting the set.
 var minuteSQL = `INSERT INTO usage_minute (` + rollupColumns + `)
 WITH dirty AS (
     SELECT DISTINCT customer_id, api_key_id, toDateTime(toStartOfMinute(time), 'UTC')
@@ -59,19 +68,22 @@ FROM
         toUInt64(1) AS n, units AS u, request_bytes AS rq, response_bytes AS rs,
         latency_ms AS lat, client_ip AS ip
     FROM events FINAL
-    WHERE (customer_id, api_key_id, toStartOfMinute(time)) IN dirty
+    WHERE time >= {from:DateTime('UTC')} AND time < {to:DateTime('UTC')}
+        AND (customer_id, api_key_id, toStartOfMinute(time)) IN dirty
     UNION ALL
     SELECT DISTINCT customer_id, api_key_id, window_start, route, method, status_class, gateway,
         toUInt16(0), toUInt64(0), toDecimal64(0, 6), toUInt64(0), toUInt64(0), toFloat64(0), ''
     FROM usage_minute
-    WHERE (customer_id, api_key_id, window_start) IN dirty
+    WHERE window_start >= {from:DateTime('UTC')} AND window_start < {to:DateTime('UTC')}
+        AND (customer_id, api_key_id, window_start) IN dirty
 )
 GROUP BY customer_id, api_key_id, window_start, route, method, status_class, gateway`
 
 // mergeLevelSQL builds the statement that recomputes the dirty windows of
 // table to from the FINAL rows of table from. bucket(x) gives the window
-// start (DateTime('UTC')) of the target level for x.
-func mergeLevelSQL(to, from string, bucket func(string) string) string {
+// start (DateTime('UTC')) of the target level for x; the source rows lie
+// in [lower, upper), parameters that hold whole target windows.
+func mergeLevelSQL(to, from string, bucket func(string) string, lower, upper string) string {
 	return `INSERT INTO ` + to + ` (` + rollupColumns + `)
 SELECT customer_id, api_key_id, ` + bucket("window_start") + ` AS w, route, method, status_class, gateway,
     sum(requests), sum(client_errors), sum(server_errors), sum(units), sum(request_bytes), sum(response_bytes),
@@ -79,16 +91,18 @@ SELECT customer_id, api_key_id, ` + bucket("window_start") + ` AS w, route, meth
     uniqExactMergeState(client_ips_state),
     now64(3)
 FROM ` + from + ` FINAL
-WHERE (customer_id, api_key_id, ` + bucket("window_start") + `) IN (
-    SELECT DISTINCT customer_id, api_key_id, ` + bucket("time") + `
-    FROM events
-    WHERE ` + dirtyRows + `
-)
+WHERE window_start >= {` + lower + `:DateTime('UTC')} AND window_start < {` + upper + `:DateTime('UTC')}
+    AND (customer_id, api_key_id, ` + bucket("window_start") + `) IN (
+        SELECT DISTINCT customer_id, api_key_id, ` + bucket("time") + `
+        FROM events
+        WHERE ` + dirtyRows + `
+    )
 GROUP BY customer_id, api_key_id, w, route, method, status_class, gateway`
 }
 
-// tickLevels are the statements of one tick (slice), in order: each level
-// reads the one before it.
+// tickLevels are the statements of one tick slice, in order: each level
+// reads the one before it. Slices hold whole UTC days, so hours and days
+// read [from, to); months read the whole months around it [mfrom, mto).
 var tickLevels = []struct {
 	name string
 	sql  string
@@ -96,13 +110,13 @@ var tickLevels = []struct {
 	{"minute", minuteSQL},
 	{"hour", mergeLevelSQL("usage_hour", "usage_minute", func(x string) string {
 		return "toDateTime(toStartOfHour(" + x + "), 'UTC')"
-	})},
+	}, "from", "to")},
 	{"day", mergeLevelSQL("usage_day", "usage_hour", func(x string) string {
 		return "toDateTime(toStartOfDay(" + x + "), 'UTC')"
-	})},
+	}, "from", "to")},
 	{"month", mergeLevelSQL("usage_month", "usage_day", func(x string) string {
 		return "toDateTime(toStartOfMonth(" + x + "), 'UTC')"
-	})},
+	}, "mfrom", "mto")},
 }
 
 // readWatermarkSQL reads the saved watermark (no row before the first tick).

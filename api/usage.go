@@ -82,12 +82,13 @@ func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 			httpx.WriteError(w, code, err.Error())
 			return
 		}
-		rows, err := r.Usage(req.Context(), uq)
+		// Freshness first: the rows then include at least what it promises.
+		fresh, err := r.Freshness(req.Context())
 		if err != nil {
 			writeQueryError(w, err)
 			return
 		}
-		fresh, err := r.Freshness(req.Context())
+		rows, err := r.Usage(req.Context(), uq)
 		if err != nil {
 			writeQueryError(w, err)
 			return
