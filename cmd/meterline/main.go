@@ -55,6 +55,7 @@ then flags; see README.md for every setting and its default.
 var errUsage = errors.New("usage")
 
 func main() {
+	detachStdin()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

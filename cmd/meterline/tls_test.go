@@ -101,6 +101,32 @@ func TestServeHTTPSAndOperationalEndpoints(t *testing.T) {
 	if resp.StatusCode != 202 || !strings.Contains(string(b), `"accepted":1`) {
 		t.Fatalf("POST over TLS: %d %s", resp.StatusCode, b)
 	}
+	// The query role serves the event's usage (from raw until the next
+	// aggregation) to the admin token, and limits answer for keys only.
+	testenv.Eventually(t, 30*time.Second, func() error {
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/usage?api_key_id=key-tls&from="+time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), nil)
+		req.Header.Set("Authorization", "Bearer "+e2eAdminToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"requests":1`) {
+			return fmt.Errorf("usage: %d %s", resp.StatusCode, b)
+		}
+		return nil
+	})
+	req, _ = http.NewRequest(http.MethodGet, base+"/v1/limits/key-tls", nil)
+	req.Header.Set("Authorization", "Bearer "+e2eIngestToken)
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("limits of a key outside the (empty) catalogue: %d", resp.StatusCode)
+	}
 	resp, err = client.Get(base + "/nope")
 	if err != nil {
 		t.Fatal(err)
