@@ -11,22 +11,9 @@ import (
 	"github.com/meterline/meterline/internal/httpx"
 )
 
-// LimitResponse is the JSON answer of GET /v1/limits/{api_key_id}.
-type LimitResponse struct {
-	APIKeyID         string    `json:"api_key_id"`
-	CustomerID       string    `json:"customer_id"`
-	PlanID           string    `json:"plan_id"`
-	Used             float64   `json:"used"`
-	Included         float64   `json:"included"`
-	HardLimit        *float64  `json:"hard_limit"`
-	Remaining        float64   `json:"remaining"`
-	OverIncluded     bool      `json:"over_included"`
-	OverHardLimit    bool      `json:"over_hard_limit"`
-	PeriodStart      time.Time `json:"period_start"`
-	ResetAt          time.Time `json:"reset_at"`
-	AsOf             time.Time `json:"as_of"`
-	StalenessSeconds float64   `json:"staleness_seconds"`
-}
+// LimitResponse is the JSON answer of GET /v1/limits/{api_key_id}: the
+// view's Limit as it is.
+type LimitResponse = limits.Limit
 
 // LimitLooker answers limits from memory.
 type LimitLooker interface {
@@ -76,10 +63,6 @@ func NewLimitsHandler(v LimitLooker, tokens *auth.Tokens) http.Handler {
 			return
 		}
 		w.Header().Set("X-Meterline-Staleness-Seconds", strconv.FormatFloat(l.StalenessSeconds, 'f', 3, 64))
-		httpx.WriteJSON(w, LimitResponse{
-			APIKeyID: l.APIKeyID, CustomerID: l.CustomerID, PlanID: l.PlanID, Used: l.Used, Included: l.Included,
-			HardLimit: l.HardLimit, Remaining: l.Remaining, OverIncluded: l.OverIncluded, OverHardLimit: l.OverHardLimit,
-			PeriodStart: l.PeriodStart, ResetAt: l.ResetAt, AsOf: l.AsOf, StalenessSeconds: l.StalenessSeconds,
-		})
+		httpx.WriteJSON(w, l)
 	})
 }

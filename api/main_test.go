@@ -3,8 +3,6 @@ package api
 import (
 	"context"
 	"flag"
-	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"testing"
@@ -15,48 +13,17 @@ import (
 	"github.com/meterline/meterline/store"
 )
 
-// testDB is the embedded engine of this test process (one per process).
-var testDB store.Conn
+// engine is the ClickHouse engine shared by this package's tests.
+var engine testenv.Engine
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := func() int {
-		if os.Getenv(testenv.EnvChdb) == "" {
-			return m.Run()
-		}
-		dir, err := os.MkdirTemp("", "meterline-api-test")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		ctx := context.Background()
-		db, err := store.Open(ctx, store.Config{DataDir: dir, Database: "api_test"}, quiet())
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "opening the embedded engine:", err)
-			return 1
-		}
-		defer db.Close()
-		if _, err := store.Migrate(ctx, db, store.MigrateOptions{}, quiet()); err != nil {
-			fmt.Fprintln(os.Stderr, "migrating:", err)
-			return 1
-		}
-		testDB = db
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(testenv.RunWithEngine(m, "api", &engine))
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger { return testenv.Log() }
 
-func requireDB(t testing.TB) store.Conn {
-	t.Helper()
-	testenv.Require(t, testenv.EnvChdb)
-	if testDB == nil {
-		t.Fatal("the embedded engine did not open")
-	}
-	return testDB
-}
+func requireDB(t testing.TB) store.Conn { return engine.Require(t) }
 
 // ev is one raw event row for the tests.
 type ev struct {

@@ -3,8 +3,6 @@ package ingest
 import (
 	"context"
 	"flag"
-	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"testing"
@@ -14,55 +12,18 @@ import (
 	"github.com/meterline/meterline/store"
 )
 
-// testDB is the embedded engine shared by the tests of this package: one
-// process can hold one engine. Tests keep apart by using their own api keys.
-var testDB store.Conn
+// engine is the ClickHouse engine shared by this package's tests.
+var engine testenv.Engine
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := func() int {
-		if os.Getenv(testenv.EnvChdb) == "" {
-			return m.Run() // integration tests skip themselves (or fail under CI)
-		}
-		dir, err := os.MkdirTemp("", "meterline-ingest-test")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		ctx := context.Background()
-		db, err := store.Open(ctx, store.Config{DataDir: dir, Database: "ingest_test"}, quietLog())
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "opening the embedded engine:", err)
-			return 1
-		}
-		defer db.Close()
-		if _, err := store.Migrate(ctx, db, store.MigrateOptions{RawRetentionMonths: 12}, quietLog()); err != nil {
-			fmt.Fprintln(os.Stderr, "migrating:", err)
-			return 1
-		}
-		testDB = db
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(testenv.RunWithEngine(m, "ingest", &engine))
 }
 
-func quietLog() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func quietLog() *slog.Logger { return testenv.Log() }
 
 // requireDB returns the shared engine or skips (fails under CI).
-func requireDB(t testing.TB) store.Conn {
-	t.Helper()
-	testenv.Require(t, testenv.EnvChdb)
-	if testDB == nil {
-		t.Fatal("the embedded engine did not open")
-	}
-	return testDB
-}
+func requireDB(t testing.TB) store.Conn { return engine.Require(t) }
 
 // countStored returns rows (physical) and deduplicated rows (FINAL) and
 // distinct ids stored for an api key.
