@@ -95,53 +95,6 @@ func NewProducer(c KafkaConfig) (*kafka.Writer, error) {
 	}, nil
 }
 
-// Anonymizer turns a validated event into what may be stored. The collector
-// and the sink apply the same one, so events produced straight to Kafka are
-// treated exactly like those posted over HTTP.
-type Anonymizer struct {
-	// IPv4PrefixBits and IPv6PrefixBits are the leading bits of the client IP
-	// that are kept. Defaults 24 and 48: the last octet of IPv4 and the last
-	// 80 bits of IPv6 are zeroed.
-	IPv4PrefixBits int `yaml:"ipv4_prefix_bits"`
-	IPv6PrefixBits int `yaml:"ipv6_prefix_bits"`
-}
-
-// WithDefaults fills unset fields with their defaults.
-func (a Anonymizer) WithDefaults() Anonymizer {
-	if a.IPv4PrefixBits == 0 {
-		a.IPv4PrefixBits = 24
-	}
-	if a.IPv6PrefixBits == 0 {
-		a.IPv6PrefixBits = 48
-	}
-	return a
-}
-
-// Validate reports every invalid setting.
-func (a Anonymizer) Validate() error {
-	var errs []error
-	if a.IPv4PrefixBits < 0 || a.IPv4PrefixBits > 32 {
-		errs = append(errs, fmt.Errorf("privacy.ipv4_prefix_bits: %d is out of range 0-32", a.IPv4PrefixBits))
-	}
-	if a.IPv6PrefixBits < 0 || a.IPv6PrefixBits > 128 {
-		errs = append(errs, fmt.Errorf("privacy.ipv6_prefix_bits: %d is out of range 0-128", a.IPv6PrefixBits))
-	}
-	return errors.Join(errs...)
-}
-
-// Apply anonymises e in place.
-func (a Anonymizer) Apply(e *schemas.Event) error {
-	if e.ClientIP == "" {
-		return nil
-	}
-	ip, err := schemas.AnonymizeIP(e.ClientIP, a.IPv4PrefixBits, a.IPv6PrefixBits)
-	if err != nil {
-		return err
-	}
-	e.ClientIP = ip
-	return nil
-}
-
 // Collector serves POST /v1/events.
 type Collector struct {
 	cfg      CollectorConfig
