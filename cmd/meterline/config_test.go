@@ -138,6 +138,8 @@ func TestCLI(t *testing.T) {
 		{[]string{"token"}, 2, "token new"},
 		{[]string{"token", "new", "--name", "gw", "--scopes", "root"}, 1, "unknown scope"},
 		{[]string{"version"}, 0, "meterline"},
+		{[]string{"privacy"}, 2, "privacy retention"},
+		{[]string{"privacy", "erase"}, 2, "privacy retention"},
 		{[]string{"serve", "-h"}, 0, "--roles"},
 	}
 	for _, c := range cases {

@@ -26,6 +26,7 @@ func commands() []command {
 		{"serve", "run the pipeline roles (all by default) and the HTTP API", runServe},
 		{"migrate", "apply the ClickHouse schema migrations (serve also does at start-up)", runMigrate},
 		{"usage", "print a customer's or key's usage from a running server", runUsage},
+		{"privacy", "privacy operations: retention (each table's retention and oldest row)", runPrivacy},
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
 		{"token", "create an API token and print its configuration entry", runToken},
 		{"config", "validate the configuration and print the effective settings", runConfig},

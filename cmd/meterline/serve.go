@@ -87,6 +87,22 @@ func migrateOptions(c *Config) store.MigrateOptions {
 	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths}
 }
 
+// retentionRules is how long each table class keeps rows: raw events and
+// the alert delivery log retention.raw_months, the rollups
+// retention.rollup_months. Migrations create the tables with these TTLs;
+// serve and migrate bring existing tables to them when the settings change.
+func retentionRules(c *Config) []store.RetentionRule {
+	raw, roll := c.Retention.RawMonths, c.Retention.RollupMonths
+	return []store.RetentionRule{
+		{Table: "events", Column: "time", Months: raw},
+		{Table: "usage_minute", Column: "window_start", Months: roll},
+		{Table: "usage_hour", Column: "window_start", Months: roll},
+		{Table: "usage_day", Column: "window_start", Months: roll},
+		{Table: "usage_month", Column: "window_start", Months: roll},
+		{Table: "alert_deliveries", Column: "attempted_at", Months: raw},
+	}
+}
+
 // openStore opens the configured engine and brings the schema up to date.
 func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, error) {
 	sc, err := storeConfig(c)
@@ -104,6 +120,10 @@ func openStore(ctx context.Context, c *Config, log *slog.Logger) (store.Conn, er
 	}
 	for _, a := range applied {
 		log.Info("migration applied", "version", a.Version, "name", a.Name)
+	}
+	if _, err := store.ApplyRetention(ctx, db, retentionRules(c), log); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("retention: %w", err)
 	}
 	return db, nil
 }
