@@ -390,10 +390,10 @@ func TestRunTicksUntilStoppedAndOutlivesErrors(t *testing.T) {
 // 3-month rollup retention and checks that every rollup table got it.
 func TestRollupRetentionIsConfigurable(t *testing.T) {
 	requireDB(t)
-	if os.Getenv(serverAddrEnv) != "" {
+	if os.Getenv(testenv.EnvClickHouse) != "" {
 		t.Skip("opens a second database on the embedded engine")
 	}
-	db, err := store.Open(testCtx(t), store.Config{DataDir: testDataDir, Database: "retention_3"}, quietLog())
+	db, err := store.Open(testCtx(t), store.Config{DataDir: engine.DataDir, Database: "retention_3"}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

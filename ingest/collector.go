@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/internal/httpx"
 	"github.com/meterline/meterline/schemas"
 )
 
@@ -158,22 +159,9 @@ type Response struct {
 	Rejected []Rejection `json:"rejected"`
 }
 
-// ErrorBody is the body of every 4xx and 5xx answer of the API.
-type ErrorBody struct {
-	Error string `json:"error"`
-}
-
-// WriteError writes a JSON error answer.
-func WriteError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(ErrorBody{Error: msg})
-}
-
 func (c *Collector) fail(w http.ResponseWriter, code int, msg string) {
 	c.m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
-	WriteError(w, code, msg)
+	httpx.WriteError(w, code, msg)
 }
 
 func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -293,13 +281,6 @@ func (c *Collector) readBody(w http.ResponseWriter, r *http.Request) ([]byte, in
 	return body, 0, nil
 }
 
-// knownFields bounds the reason label of the rejected-events metric.
-var knownFields = map[string]bool{
-	"id": true, "time": true, "api_key_id": true, "customer_id": true, "gateway": true, "method": true,
-	"route": true, "status": true, "latency_ms": true, "request_bytes": true, "response_bytes": true,
-	"client_ip": true, "user_agent": true, "units": true, "properties": true,
-}
-
 func rejectReason(err error) string {
 	var ee *schemas.EventError
 	if errors.As(err, &ee) && len(ee.Fields) > 0 {
@@ -307,7 +288,7 @@ func rejectReason(err error) string {
 		if i := strings.IndexByte(f, '.'); i > 0 && f[:i] == "properties" {
 			f = "properties"
 		}
-		if knownFields[f] {
+		if schemas.IsField(f) { // bounds the label's values
 			return f
 		}
 	}

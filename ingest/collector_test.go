@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/internal/httpx"
 	"github.com/meterline/meterline/internal/testenv"
 	"github.com/meterline/meterline/schemas"
 )
@@ -192,7 +193,7 @@ func TestCollectorRejectsBadRequests(t *testing.T) {
 			if resp.StatusCode != c.code {
 				t.Fatalf("status %d, want %d; body %s", resp.StatusCode, c.code, body)
 			}
-			var eb ErrorBody
+			var eb httpx.ErrorBody
 			if err := json.Unmarshal(body, &eb); err != nil || eb.Error == "" {
 				t.Fatalf("body %q is not a JSON error", body)
 			}

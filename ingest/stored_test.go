@@ -12,9 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/internal/testenv"
 )
 
+// TestStoredHandler stores events through the sink and reads them back
+// through GET /v1/events/stored.
 func TestStoredHandler(t *testing.T) {
 	db := requireDB(t)
 	f := newSinkFixture(t)
@@ -28,7 +31,7 @@ func TestStoredHandler(t *testing.T) {
 	waitStored(t, db, key, 5)
 	_ = stop()
 
-	srv := httptest.NewServer(NewStoredHandler(db, testTokens(t)))
+	srv := httptest.NewServer(api.NewStoredHandler(db, testTokens(t)))
 	defer srv.Close()
 	get := func(token, query string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/events/stored?"+query, nil)
@@ -50,7 +53,7 @@ func TestStoredHandler(t *testing.T) {
 		msg          string
 	}{
 		{"", q, 401, "missing bearer token"},
-		{tokIngest, q, 403, "admin scope"},
+		{tokIngest, q, 403, "one of: admin"},
 		{tokAdmin, "", 400, "at least one of"},
 		{tokAdmin, q + "&limit=0", 400, "limit"},
 		{tokAdmin, q + "&limit=abc", 400, "limit"},

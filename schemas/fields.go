@@ -407,3 +407,10 @@ func displayKey(k []byte) string {
 	}
 	return string(out)
 }
+
+// IsField reports whether name is a top-level field of the v1 event (for
+// bounded metric labels and the like).
+func IsField(name string) bool {
+	_, ok := lookupField([]byte(name))
+	return ok
+}

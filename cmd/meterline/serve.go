@@ -25,6 +25,7 @@ import (
 	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/ingest"
+	"github.com/meterline/meterline/internal/httpx"
 	"github.com/meterline/meterline/store"
 )
 
@@ -250,7 +251,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		goRun("limits view", view.Run)
 		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
-		mux.Handle("/v1/events/stored", ingest.NewStoredHandler(db, tokens))
+		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
 	}
 	if db != nil {
 		checks = append(checks, readyCheck{"clickhouse", db.Ping})
@@ -262,7 +263,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	})
 	mux.Handle("/readyz", readyHandler(checks))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		ingest.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		httpx.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 
 	srv := &http.Server{

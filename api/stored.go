@@ -1,4 +1,4 @@
-package ingest
+package api
 
 import (
 	"encoding/json"
@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/internal/httpx"
 	"github.com/meterline/meterline/schemas"
 	"github.com/meterline/meterline/store"
 )
@@ -33,36 +34,25 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			WriteError(w, http.StatusMethodNotAllowed, "use GET")
+			httpx.WriteError(w, http.StatusMethodNotAllowed, "use GET")
 			return
 		}
-		p, err := tokens.Authenticate(r)
-		if err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="meterline"`)
-			WriteError(w, http.StatusUnauthorized, err.Error())
-			return
-		}
-		if !p.Has(auth.ScopeAdmin) {
-			WriteError(w, http.StatusForbidden, fmt.Sprintf("token %q lacks the admin scope", p.Name))
+		if _, ok := httpx.Authenticate(w, r, tokens, auth.ScopeAdmin); !ok {
 			return
 		}
 		q := r.URL.Query()
-		for name := range q {
-			switch name {
-			case "api_key_id", "customer_id", "id", "limit":
-			default:
-				WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (known: api_key_id, customer_id, id, limit)", name))
-				return
-			}
+		if err := httpx.CheckParams(q, []string{"api_key_id", "customer_id", "id", "limit"}); err != nil {
+			httpx.WriteError(w, http.StatusBadRequest, err.Error())
+			return
 		}
 		key, cust, id := q.Get("api_key_id"), q.Get("customer_id"), q.Get("id")
 		if key == "" && cust == "" && id == "" {
-			WriteError(w, http.StatusBadRequest, "give at least one of api_key_id, customer_id, id")
+			httpx.WriteError(w, http.StatusBadRequest, "give at least one of api_key_id, customer_id, id")
 			return
 		}
 		for name, v := range map[string]string{"api_key_id": key, "customer_id": cust, "id": id} {
 			if len(v) > 128 {
-				WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q: longer than 128 bytes", name))
+				httpx.WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q: longer than 128 bytes", name))
 				return
 			}
 		}
@@ -70,7 +60,7 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 		if s := q.Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > 1000 {
-				WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter \"limit\": %q is not an integer from 1 to 1000", s))
+				httpx.WriteError(w, http.StatusBadRequest, fmt.Sprintf("parameter \"limit\": %q is not an integer from 1 to 1000", s))
 				return
 			}
 			limit = n
@@ -78,7 +68,7 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 		rows, err := db.Query(r.Context(), storedQuery,
 			store.P("api_key_id", key), store.P("customer_id", cust), store.P("id", id), store.P("limit", uint64(limit)))
 		if err != nil {
-			WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			httpx.WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
 			return
 		}
 		defer rows.Close()
@@ -90,14 +80,14 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 			var status uint16
 			if err := rows.Scan(&e.ID, &e.Time, &e.APIKeyID, &e.CustomerID, &e.Gateway, &e.Method, &e.Route, &status,
 				&e.LatencyMS, &e.RequestBytes, &e.ResponseBytes, &e.ClientIP, &e.UserAgent, &e.Units, &e.Properties); err != nil {
-				WriteError(w, http.StatusInternalServerError, "reading events: "+err.Error())
+				httpx.WriteError(w, http.StatusInternalServerError, "reading events: "+err.Error())
 				return
 			}
 			e.Status = int(status)
 			out.Events = append(out.Events, e.AppendJSON(nil))
 		}
 		if err := rows.Err(); err != nil {
-			WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			httpx.WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
