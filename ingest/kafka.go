@@ -251,6 +251,26 @@ func topicsLed(ctx context.Context, client *kafka.Client, topics ...string) erro
 			}
 		}
 	}
+	// Metadata can name a leader a moment before that broker serves the
+	// partition (it answers NOT_LEADER_OR_FOLLOWER meanwhile); ask each
+	// partition for its end offset to be sure it is served.
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for _, t := range md.Topics {
+		for _, p := range t.Partitions {
+			req.Topics[t.Name] = append(req.Topics[t.Name], kafka.LastOffsetOf(p.ID))
+		}
+	}
+	res, err := client.ListOffsets(ctx, req)
+	if err != nil {
+		return fmt.Errorf("reading Kafka offsets: %w", err)
+	}
+	for topic, parts := range res.Topics {
+		for _, p := range parts {
+			if p.Error != nil {
+				return fmt.Errorf("kafka topic %q partition %d: %w", topic, p.Partition, p.Error)
+			}
+		}
+	}
 	return nil
 }
 
