@@ -105,6 +105,13 @@ var EventColumns = []string{
 // ingestedAtColumn is the index of ingested_at in EventColumns.
 const ingestedAtColumn = 17
 
+// EventRow returns the values of one row of EventsTable in EventColumns
+// order, exactly as the sink inserts the event read at (partition, offset).
+// Benchmarks build their baseline rows with it.
+func EventRow(e *schemas.Event, partition int, offset int64, ingestedAt time.Time) []any {
+	return eventRow(e, &kafka.Message{Partition: partition, Offset: offset}, ingestedAt)
+}
+
 func eventRow(e *schemas.Event, m *kafka.Message, now time.Time) []any {
 	props := e.Properties
 	if props == nil {
@@ -134,6 +141,7 @@ type CustomerResolver interface {
 // Sink consumes the events topic and writes batches to ClickHouse.
 type Sink struct {
 	customers CustomerResolver
+	erased    ErasedCustomers
 	cfg       SinkConfig
 	kcfg      KafkaConfig
 	events    schemas.Options
@@ -158,6 +166,7 @@ type sinkMetrics struct {
 	lag            prometheus.Gauge
 	lastFlush      prometheus.Gauge
 	unknownKeys    prometheus.Counter
+	erasedDropped  prometheus.Counter
 }
 
 // NewSink wires a sink. It does not connect until Run.
@@ -243,7 +252,11 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		Name: "meterline_sink_events_without_customer_total",
 		Help: "Events stored without a customer_id: the event had none and its api_key_id is not in the catalogue.",
 	})
-	reg.MustRegister(s.m.unknownKeys)
+	s.m.erasedDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meterline_sink_erased_events_dropped_total",
+		Help: "Events dropped because their customer's data was erased (privacy erasure).",
+	})
+	reg.MustRegister(s.m.unknownKeys, s.m.erasedDropped)
 	reg.MustRegister(s.m.stored, s.m.duplicates, s.m.deadLettered, s.m.batchEvents, s.m.insertDuration, s.m.retries, s.m.lag, s.m.lastFlush)
 	return s, nil
 }
@@ -325,6 +338,17 @@ func (s *Sink) shutdown(ctx context.Context, batch []kafka.Message, cause error)
 // Call before Run.
 func (s *Sink) ResolveCustomers(r CustomerResolver) { s.customers = r }
 
+// ErasedCustomers tells whether a customer's data was erased (a privacy
+// erasure ran or is running): the sink drops such a customer's events.
+type ErasedCustomers interface {
+	Erased(customerID string) bool
+}
+
+// DropErased makes the sink drop the events of the customers e reports as
+// erased, counting them in meterline_sink_erased_events_dropped_total.
+// Call before Run.
+func (s *Sink) DropErased(e ErasedCustomers) { s.erased = e }
+
 // LastFlush is when the sink last committed a batch (zero before the first).
 func (s *Sink) LastFlush() time.Time {
 	s.mu.Lock()
@@ -370,6 +394,12 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 			} else {
 				s.m.unknownKeys.Inc()
 			}
+		}
+		if ev.CustomerID != "" && s.erased != nil && s.erased.Erased(ev.CustomerID) {
+			// The customer's data was erased: a redelivered or late event
+			// must not bring it back. Its offset is committed with the batch.
+			s.m.erasedDropped.Inc()
+			continue
 		}
 		k := ev.APIKeyID + "\x00" + ev.ID
 		if _, dup := seen[k]; dup {
