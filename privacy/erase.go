@@ -81,7 +81,7 @@ func (r Request) Validate() error {
 	if r.CustomerID == "" {
 		errs = append(errs, errors.New("customer_id: required"))
 	}
-	errs = append(errs, checkID("customer_id", r.CustomerID), checkID("requested_by", r.RequestedBy))
+	errs = append(errs, CheckID("customer_id", r.CustomerID), CheckID("requested_by", r.RequestedBy))
 	if len(r.Reason) > MaxReasonBytes {
 		errs = append(errs, fmt.Errorf("reason: longer than %d bytes", MaxReasonBytes))
 	}

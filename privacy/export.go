@@ -32,10 +32,12 @@ func (s Subject) Validate() error {
 	if s.CustomerID == "" && s.APIKeyID == "" {
 		return errors.New("give a customer_id or an api_key_id")
 	}
-	return errors.Join(checkID("customer_id", s.CustomerID), checkID("api_key_id", s.APIKeyID))
+	return errors.Join(CheckID("customer_id", s.CustomerID), CheckID("api_key_id", s.APIKeyID))
 }
 
-func checkID(name, v string) error {
+// CheckID checks one id: printable and at most MaxIDBytes; the message
+// names the parameter.
+func CheckID(name, v string) error {
 	if len(v) > MaxIDBytes {
 		return fmt.Errorf("%s: longer than %d bytes", name, MaxIDBytes)
 	}

@@ -1,0 +1,245 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/internal/httpx"
+	"github.com/meterline/meterline/privacy"
+	"github.com/meterline/meterline/store"
+)
+
+// Privacy serves the privacy endpoints, all with the admin scope:
+//
+//	GET    /v1/privacy/export?customer_id=C[&api_key_id=K][&format=ndjson|zip]
+//	POST   /v1/privacy/erasures            {"customer_id": C, "reason": R, "account_deletion": false}
+//	GET    /v1/privacy/erasures[?customer_id=C]
+//	GET    /v1/privacy/erasures/{id}
+//	DELETE /v1/privacy/erasures/{id}       cancels a scheduled account deletion
+type Privacy struct {
+	DB      store.Conn
+	Service *privacy.Service
+	Tokens  *auth.Tokens
+	// AccountDeletionDelay schedules requests with account_deletion set.
+	AccountDeletionDelay time.Duration
+	// Records, if set, adds data held outside the tables to an export
+	// (the catalogue entry, the live limits of the keys).
+	Records func(privacy.Subject) []privacy.Record
+	Log     *slog.Logger
+}
+
+// Register adds the endpoints to mux.
+func (p *Privacy) Register(mux *http.ServeMux) {
+	mux.HandleFunc("/v1/privacy/export", p.export)
+	mux.HandleFunc("/v1/privacy/erasures", p.erasures)
+	mux.HandleFunc("/v1/privacy/erasures/{id}", p.erasure)
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow ...string) {
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	httpx.WriteError(w, http.StatusMethodNotAllowed, "use "+strings.Join(allow, " or "))
+}
+
+func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		methodNotAllowed(w, http.MethodGet)
+		return
+	}
+	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	if err := httpx.CheckParams(q, []string{"customer_id", "api_key_id", "format"}); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s := privacy.Subject{CustomerID: q.Get("customer_id"), APIKeyID: q.Get("api_key_id")}
+	if err := s.Validate(); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	format := privacy.NDJSON
+	if f := q.Get("format"); f != "" {
+		var err error
+		if format, err = privacy.ParseFormat(f); err != nil {
+			httpx.WriteError(w, http.StatusBadRequest, "parameter \"format\": "+err.Error())
+			return
+		}
+	} else if strings.Contains(r.Header.Get("Accept"), "application/zip") {
+		format = privacy.ZipCSV
+	}
+	ex, err := privacy.Plan(r.Context(), p.DB, s, 0)
+	if err != nil {
+		p.Log.Error("privacy export: planning failed", "err", err)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "the export could not be prepared; try again")
+		return
+	}
+	if p.Records != nil {
+		ex.Records = p.Records(s)
+	}
+	name := "meterline-export"
+	if s.CustomerID != "" {
+		name += "-customer"
+	}
+	if s.APIKeyID != "" {
+		name += "-key"
+	}
+	ext := ".ndjson"
+	if format == privacy.ZipCSV {
+		ext = ".zip"
+	}
+	w.Header().Set("Content-Type", format.ContentType())
+	w.Header().Set("Content-Disposition", `attachment; filename="`+name+ext+`"`)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Meterline-Export-Rows", fmt.Sprint(ex.Rows))
+	w.WriteHeader(http.StatusOK)
+	res, err := ex.Write(r.Context(), w, format, nil)
+	detail := map[string]any{"format": format, "rows": res.Rows, "total": res.Total}
+	if err != nil {
+		detail["error"] = err.Error()
+	}
+	if aerr := p.Service.Audit(r.Context(), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
+		p.Log.Error("privacy export: audit failed", "err", aerr)
+	}
+	if err != nil {
+		// Headers are gone: abort the response so the client sees a
+		// truncated transfer, not a complete-looking file.
+		p.Log.Error("privacy export failed mid-stream", "customer", s.CustomerID, "api_key", s.APIKeyID, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	p.Log.Info("privacy export", "by", who.Name, "customer", s.CustomerID, "api_key", s.APIKeyID, "rows", res.Total, "format", format)
+}
+
+// erasureRequest is the body of POST /v1/privacy/erasures.
+type erasureRequest struct {
+	CustomerID      string `json:"customer_id"`
+	Reason          string `json:"reason"`
+	AccountDeletion bool   `json:"account_deletion"`
+}
+
+// maxErasureBody bounds the request body.
+const maxErasureBody = 16 << 10
+
+func (p *Privacy) erasures(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodPost:
+	case http.MethodGet:
+		p.list(w, r)
+		return
+	default:
+		methodNotAllowed(w, http.MethodGet, http.MethodPost)
+		return
+	}
+	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)
+	if !ok {
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		httpx.WriteError(w, http.StatusUnsupportedMediaType, "send application/json")
+		return
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxErasureBody))
+	dec.DisallowUnknownFields()
+	var body erasureRequest
+	if err := dec.Decode(&body); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			httpx.WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", maxErasureBody))
+			return
+		}
+		httpx.WriteError(w, http.StatusBadRequest, "body: "+err.Error())
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		httpx.WriteError(w, http.StatusBadRequest, "body: one JSON object expected")
+		return
+	}
+	req := privacy.Request{CustomerID: body.CustomerID, RequestedBy: who.Name, Reason: body.Reason}
+	if body.AccountDeletion {
+		req.Delay = p.AccountDeletionDelay
+	}
+	if err := req.Validate(); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	e, err := p.Service.Request(r.Context(), req)
+	if err != nil {
+		p.Log.Error("privacy: recording an erasure failed", "err", err)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "the request could not be recorded; try again")
+		return
+	}
+	if e.Status == privacy.StatusPending {
+		p.Service.Wake()
+	}
+	w.Header().Set("Location", "/v1/privacy/erasures/"+e.ID)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusAccepted)
+	_ = json.NewEncoder(w).Encode(e)
+}
+
+func (p *Privacy) list(w http.ResponseWriter, r *http.Request) {
+	if _, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin); !ok {
+		return
+	}
+	q := r.URL.Query()
+	if err := httpx.CheckParams(q, []string{"customer_id"}); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := privacy.CheckID("customer_id", q.Get("customer_id")); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	es, err := p.Service.List(r.Context(), q.Get("customer_id"))
+	if err != nil {
+		p.Log.Error("privacy: listing erasures failed", "err", err)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "erasures could not be read; try again")
+		return
+	}
+	if es == nil {
+		es = []privacy.Erasure{}
+	}
+	httpx.WriteJSON(w, map[string]any{"erasures": es})
+}
+
+func (p *Privacy) erasure(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodDelete {
+		methodNotAllowed(w, http.MethodGet, http.MethodDelete)
+		return
+	}
+	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)
+	if !ok {
+		return
+	}
+	id := r.PathValue("id")
+	if len(id) > 64 {
+		httpx.WriteError(w, http.StatusNotFound, "no such erasure")
+		return
+	}
+	var e privacy.Erasure
+	var err error
+	if r.Method == http.MethodDelete {
+		e, err = p.Service.Cancel(r.Context(), id, who.Name)
+	} else {
+		e, err = p.Service.Get(r.Context(), id)
+	}
+	switch {
+	case errors.Is(err, privacy.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no such erasure: "+id)
+	case errors.Is(err, privacy.ErrNotCancellable):
+		httpx.WriteError(w, http.StatusConflict, err.Error())
+	case err != nil:
+		p.Log.Error("privacy: reading an erasure failed", "err", err)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "the erasure could not be read; try again")
+	default:
+		httpx.WriteJSON(w, e)
+	}
+}
