@@ -81,8 +81,11 @@ func (f Format) ContentType() string {
 // DefaultSliceRows is how many rows one read of an export aims at. Reads
 // are slices of a table's time column sized from an hour (and, for busy
 // hours, minute) histogram, so memory stays bounded by a slice whatever the
-// customer's volume.
-const DefaultSliceRows = 50_000
+// customer's volume. Measured on 1 M events with the embedded engine: peak
+// RSS 321 MB at 10k rows (25 s), 380 MB at 20k (12 s), 559 MB at 50k
+// (10 s), 985 MB at 200k, against 248 MB for the engine scanning the same
+// rows to nowhere.
+const DefaultSliceRows = 20_000
 
 // Record is extra data an export includes beside the tables, such as the
 // customer's entry in the plan catalogue.
