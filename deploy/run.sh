@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# `make run`: installs what is missing, starts a local Kafka broker, and runs
-# `meterline serve` with every role on the embedded ClickHouse engine, in the
-# foreground. Ctrl-C stops Meterline (it flushes its last batch) and the broker.
+# `make run`: installs what is missing, starts a local Kafka broker and
+# stripe-mock (billing reports to it), and runs `meterline serve` with every
+# role on the embedded ClickHouse engine, in the foreground. Ctrl-C stops
+# Meterline (it flushes its last batch), the broker and stripe-mock.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_DIR"
 
-"$DEPLOY_DIR/install.sh" kafka chdb
+"$DEPLOY_DIR/install.sh" kafka chdb stripe-mock
 export CHDB_LIB_PATH="$CHDB_LIB"
 log "building meterline"
 go build -o bin/meterline ./cmd/meterline
@@ -16,8 +17,16 @@ if ! "$DEPLOY_DIR/kafka.sh" status >/dev/null 2>&1; then
 	"$DEPLOY_DIR/kafka.sh" start >/dev/null
 	started_kafka=1
 fi
+started_stripe_mock=0
+if [[ ! -f "$METERLINE_RUN/stripe-mock/stripe-mock.pid" ]] || ! kill -0 "$(cat "$METERLINE_RUN/stripe-mock/stripe-mock.pid")" 2>/dev/null; then
+	started_stripe_mock=1
+fi
+# The dev configuration bills to this stripe-mock (billing.stripe_api_url).
+METERLINE_BILLING_STRIPE_API_URL="$("$DEPLOY_DIR/stripe-mock.sh" start)"
+export METERLINE_BILLING_STRIPE_API_URL
 cleanup() {
 	if [[ $started_kafka == 1 ]]; then "$DEPLOY_DIR/kafka.sh" stop; fi
+	if [[ $started_stripe_mock == 1 ]]; then "$DEPLOY_DIR/stripe-mock.sh" stop; fi
 }
 trap cleanup EXIT
 
@@ -25,6 +34,7 @@ config="${METERLINE_CONFIG:-$DEPLOY_DIR/meterline.dev.yaml}"
 cat >&2 <<MSG
 
   Meterline is starting on http://127.0.0.1:8080 (Kafka at 127.0.0.1:9092, data in .run/).
+  Billing reports settled hours to stripe-mock at $METERLINE_BILLING_STRIPE_API_URL.
   Local development tokens (deploy/meterline.dev.yaml): ingest ml_dev_ingest, admin ml_dev_admin.
 
   Send events:

@@ -36,6 +36,10 @@ const (
 	StatusCancelled = "cancelled"
 )
 
+// PseudonymPrefix starts the pseudonym ("erased:" + erasure id) that
+// replaces an erased customer's id in the billing records.
+const PseudonymPrefix = "erased:"
+
 // ErrNotFound is returned for an unknown erasure id.
 var ErrNotFound = errors.New("no such erasure")
 
@@ -209,7 +213,7 @@ func (s *Service) Request(ctx context.Context, r Request) (Erasure, error) {
 	if r.Delay > 0 {
 		e.Kind, e.Status, e.NotBefore = KindAccountDeletion, StatusScheduled, now.Add(r.Delay)
 	}
-	e.Pseudonym = "erased:" + e.ID
+	e.Pseudonym = PseudonymPrefix + e.ID
 	if err := s.save(ctx, &e); err != nil {
 		return Erasure{}, err
 	}

@@ -42,6 +42,11 @@ const DefaultRawRetentionMonths = 12
 // MigrateOptions.RollupRetentionMonths is 0 (the same 12 months as raw).
 const DefaultRollupRetentionMonths = 12
 
+// DefaultLedgerRetentionMonths is the retention of the billing ledger and
+// the invoice log when MigrateOptions.LedgerRetentionMonths is 0. Finance
+// may keep them longer (84 months for seven years of bookkeeping).
+const DefaultLedgerRetentionMonths = 12
+
 // ErrMigrationChanged is returned (wrapped) when a migration file differs
 // from the version that was applied. Migrate never re-runs it: released
 // files are immutable, so the fix is a new migration.
@@ -56,6 +61,9 @@ type MigrateOptions struct {
 	// RollupRetentionMonths is the TTL of the usage rollup tables
 	// (default 12), baked in like RawRetentionMonths.
 	RollupRetentionMonths int
+	// LedgerRetentionMonths is the TTL of the billing ledger and invoice
+	// log (default 12), baked in like RawRetentionMonths.
+	LedgerRetentionMonths int
 	// FS holds the migration files NNNN_name.sql at its root. Nil means
 	// the files embedded in package schemas.
 	FS fs.FS
@@ -67,6 +75,8 @@ type TemplateData struct {
 	RawRetentionMonths int
 	// RollupRetentionMonths is the usage rollups' retention in months.
 	RollupRetentionMonths int
+	// LedgerRetentionMonths is the billing ledger's retention in months.
+	LedgerRetentionMonths int
 }
 
 // Applied describes one migration that Migrate applied.
@@ -214,7 +224,8 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths, RollupRetentionMonths: opts.RollupRetentionMonths}
+	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths, RollupRetentionMonths: opts.RollupRetentionMonths,
+		LedgerRetentionMonths: opts.LedgerRetentionMonths}
 	if data.RawRetentionMonths == 0 {
 		data.RawRetentionMonths = DefaultRawRetentionMonths
 	}
@@ -226,6 +237,12 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	}
 	if data.RollupRetentionMonths < 0 {
 		return nil, fmt.Errorf("store: migrate: negative RollupRetentionMonths %d", data.RollupRetentionMonths)
+	}
+	if data.LedgerRetentionMonths == 0 {
+		data.LedgerRetentionMonths = DefaultLedgerRetentionMonths
+	}
+	if data.LedgerRetentionMonths < 0 {
+		return nil, fmt.Errorf("store: migrate: negative LedgerRetentionMonths %d", data.LedgerRetentionMonths)
 	}
 	fsys, err := migrationFS(opts.FS)
 	if err != nil {

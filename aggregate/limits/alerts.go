@@ -9,16 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/meterline/meterline/internal/retry"
 	"github.com/meterline/meterline/store"
 )
 
@@ -339,7 +337,7 @@ func (a *alerter) forget(al *alert) {
 // when stopped.
 func (a *alerter) deliver(al *alert) string {
 	cfg := a.v.cfg
-	bo := backoff{min: cfg.RetryMin, max: cfg.RetryMax, cur: cfg.RetryMin}
+	bo := retry.NewBackoff(cfg.RetryMin, cfg.RetryMax)
 	for n := 0; n < cfg.MaxAttempts; n++ {
 		select {
 		case a.posts <- struct{}{}:
@@ -375,7 +373,7 @@ func (a *alerter) deliver(al *alert) string {
 		case a.ctx.Err() != nil:
 			return ""
 		}
-		wait := bo.next()
+		wait := bo.Next()
 		if res.retryAfter > wait {
 			wait = min(res.retryAfter, maxRetryAfter)
 		}
@@ -442,46 +440,13 @@ func transportError(err error) string {
 	return cleanText(err.Error())
 }
 
-// cleanText makes a text safe to record and log: valid UTF-8, no control
-// characters, at most maxErrorBytes.
-func cleanText(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || (r >= 0x7F && r <= 0x9F) {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > maxErrorBytes {
-		cut := maxErrorBytes
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut]
-	}
-	return strings.TrimSpace(s)
-}
+// cleanText makes a text safe to record and log (retry.CleanText).
+func cleanText(s string) string { return retry.CleanText(s, maxErrorBytes) }
 
-// parseRetryAfter reads delay-seconds or an HTTP date; 0 when absent or
-// unreadable.
+// parseRetryAfter reads delay-seconds or an HTTP date, capped at
+// maxRetryAfter; 0 when absent or unreadable.
 func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		if secs > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		return time.Duration(secs) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), maxRetryAfter)
-	}
-	return 0
+	return retry.ParseRetryAfter(v, now, maxRetryAfter)
 }
 
 // record stores one attempt. It uses a context detached from shutdown so
@@ -508,26 +473,5 @@ func (a *alerter) record(al *alert, attempt int, at time.Time, res postResult, o
 		"delivery_id", al.event.DeliveryID, "outcome", outcome, "err", err)
 }
 
-// backoff yields exponentially growing delays with jitter in [d/2, d], so
-// alerts that failed together do not retry in lockstep.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	return d/2 + rand.N(d/2+1)
-}
-
 // sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+func sleepCtx(ctx context.Context, d time.Duration) bool { return retry.Sleep(ctx, d) }

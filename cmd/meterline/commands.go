@@ -190,6 +190,12 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 	if shown.Kafka.SASL.Password != "" {
 		shown.Kafka.SASL.Password = "<redacted>"
 	}
+	if shown.Billing.StripeAPIKey != "" {
+		shown.Billing.StripeAPIKey = "<redacted>"
+	}
+	if shown.Billing.WebhookSecret != "" {
+		shown.Billing.WebhookSecret = "<redacted>"
+	}
 	out, err := yaml.Marshal(&shown)
 	if err != nil {
 		return err
@@ -208,48 +214,5 @@ func runVersion(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	return nil
-}
-
-func runPrivacy(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "retention" {
-		fmt.Fprintln(stderr, "Usage: meterline privacy retention [--config FILE]")
-		return errUsage
-	}
-	fs := newFlagSet("privacy retention", "privacy retention [--config FILE]", stderr)
-	var cf commonFlags
-	cf.register(fs)
-	if err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	cfg, db, _, err := openForCommand(ctx, &cf, stderr)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	rules := retentionRules(cfg)
-	st, err := store.Retention(ctx, db, rules)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TABLE\tRETENTION\tCONFIGURED\tBY COLUMN\tROWS\tOLDEST ROW")
-	for i, t := range st {
-		oldest := "-"
-		if t.Rows > 0 {
-			oldest = t.Oldest.UTC().Format(time.RFC3339)
-		}
-		have := "none"
-		if t.Months > 0 {
-			have = fmt.Sprintf("%d months", t.Months)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d months\t%s\t%d\t%s\n", t.Table, have, rules[i].Months, t.Column, t.Rows, oldest)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, "Rows older than the retention are deleted when their part merges; `meterline migrate` applies a changed setting at once.")
 	return nil
 }

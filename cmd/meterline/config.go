@@ -17,8 +17,10 @@ import (
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/aggregate/limits"
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/billing"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/tlsutil"
+	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/schemas"
 )
 
@@ -31,12 +33,13 @@ type Config struct {
 	Kafka      ingest.KafkaConfig     `yaml:"kafka"`
 	ClickHouse ClickHouseConfig       `yaml:"clickhouse"`
 	Events     EventsConfig           `yaml:"events"`
-	Privacy    ingest.Anonymizer      `yaml:"privacy"`
+	Privacy    PrivacyConfig          `yaml:"privacy"`
 	Retention  RetentionConfig        `yaml:"retention"`
 	Collector  ingest.CollectorConfig `yaml:"collector"`
 	Sink       ingest.SinkConfig      `yaml:"sink"`
 	Aggregate  aggregate.Config       `yaml:"aggregate"`
 	Limits     limits.Config          `yaml:"limits"`
+	Billing    billing.Config         `yaml:"billing"`
 	Auth       AuthConfig             `yaml:"auth"`
 }
 
@@ -92,6 +95,13 @@ type EventsConfig struct {
 	UnknownFieldsToProperties bool `yaml:"unknown_fields_to_properties"`
 }
 
+// PrivacyConfig is the privacy section: anonymisation at ingest and the
+// erasure settings, side by side.
+type PrivacyConfig struct {
+	ingest.Anonymizer `yaml:",inline"`
+	privacy.Config    `yaml:",inline"`
+}
+
 // RetentionConfig says how long data is kept.
 type RetentionConfig struct {
 	// RawMonths is the TTL of the raw events table (and of the alert
@@ -99,6 +109,10 @@ type RetentionConfig struct {
 	RawMonths int `yaml:"raw_months"`
 	// RollupMonths is the TTL of the usage rollup tables. Default 12.
 	RollupMonths int `yaml:"rollup_months"`
+	// LedgerMonths is the TTL of the billing ledger and the Stripe invoice
+	// log. Default 12; finance may keep them longer (84 for seven years of
+	// bookkeeping).
+	LedgerMonths int `yaml:"ledger_months"`
 }
 
 // AuthConfig lists the API tokens (hashed).
@@ -141,13 +155,18 @@ func (c *Config) applyDefaults() {
 	if c.Events.MaxBatchEvents == 0 {
 		c.Events.MaxBatchEvents = 10000
 	}
-	c.Privacy = c.Privacy.WithDefaults()
+	c.Privacy.Anonymizer = c.Privacy.Anonymizer.WithDefaults()
+	c.Privacy.Config = c.Privacy.Config.WithDefaults()
 	if c.Retention.RawMonths == 0 {
 		c.Retention.RawMonths = 12
 	}
 	if c.Retention.RollupMonths == 0 {
 		c.Retention.RollupMonths = 12
 	}
+	if c.Retention.LedgerMonths == 0 {
+		c.Retention.LedgerMonths = 12
+	}
+	c.Billing = c.Billing.WithDefaults()
 	c.Aggregate = c.Aggregate.WithDefaults()
 	c.Limits = c.Limits.WithDefaults()
 	c.Collector = c.Collector.WithDefaults()
@@ -169,7 +188,7 @@ func (c *Config) Validate() error {
 	if c.HTTP.ReadTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("http.read_timeout: %s is shorter than 1s", c.HTTP.ReadTimeout))
 	}
-	errs = append(errs, c.Kafka.Validate(), c.Privacy.Validate(), c.Collector.Validate(), c.Sink.Validate(),
+	errs = append(errs, c.Kafka.Validate(), c.Privacy.Anonymizer.Validate(), c.Privacy.Config.Validate(), c.Collector.Validate(), c.Sink.Validate(),
 		c.Aggregate.Validate(), c.Limits.Validate())
 	if !validIdent(c.ClickHouse.Database) {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %q must match [A-Za-z_][A-Za-z0-9_]*", c.ClickHouse.Database))
@@ -198,6 +217,10 @@ func (c *Config) Validate() error {
 	if c.Retention.RollupMonths < 1 || c.Retention.RollupMonths > 1200 {
 		errs = append(errs, fmt.Errorf("retention.rollup_months: %d is out of range 1-1200", c.Retention.RollupMonths))
 	}
+	if c.Retention.LedgerMonths < 1 || c.Retention.LedgerMonths > 1200 {
+		errs = append(errs, fmt.Errorf("retention.ledger_months: %d is out of range 1-1200", c.Retention.LedgerMonths))
+	}
+	errs = append(errs, c.Billing.Validate())
 	if _, err := auth.New(c.Auth.Tokens); err != nil {
 		errs = append(errs, err)
 	}
@@ -297,7 +320,11 @@ next:
 func collectFields(v reflect.Value, prefix string, out map[string]reflect.Value) {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
-		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" && opts == "inline" {
+			collectFields(v.Field(i), prefix, out)
+			continue
+		}
 		if tag == "" || tag == "-" {
 			continue
 		}

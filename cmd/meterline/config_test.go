@@ -138,8 +138,9 @@ func TestCLI(t *testing.T) {
 		{[]string{"token"}, 2, "token new"},
 		{[]string{"token", "new", "--name", "gw", "--scopes", "root"}, 1, "unknown scope"},
 		{[]string{"version"}, 0, "meterline"},
-		{[]string{"privacy"}, 2, "privacy retention"},
-		{[]string{"privacy", "erase"}, 2, "privacy retention"},
+		{[]string{"privacy"}, 2, "retention"},
+		{[]string{"privacy", "frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"privacy", "erase"}, 2, "give --customer"},
 		{[]string{"serve", "-h"}, 0, "--roles"},
 	}
 	for _, c := range cases {
@@ -160,5 +161,34 @@ func TestTokenNew(t *testing.T) {
 	out := stdout.String()
 	if !strings.Contains(out, "ml_") || !strings.Contains(out, "sha256:") || !strings.Contains(out, "customer:acme") {
 		t.Fatalf("output: %s", out)
+	}
+}
+
+// TestPrivacySectionFromFileAndEnv: the privacy section holds the
+// anonymisation and the erasure settings side by side, both reachable from
+// the file and the environment.
+func TestPrivacySectionFromFileAndEnv(t *testing.T) {
+	p := writeFile(t, "privacy:\n  ip_mode: drop\n  account_deletion_delay: 720h\n")
+	c, err := loadConfig(p, []string{"METERLINE_PRIVACY_ERASED_REFRESH=2s", "METERLINE_PRIVACY_USER_AGENT_MAX_BYTES=64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Privacy.IPMode != "drop" || c.Privacy.AccountDeletionDelay != 720*time.Hour || c.Privacy.ErasedRefresh != 2*time.Second ||
+		c.Privacy.UserAgentMaxBytes != 64 || c.Privacy.ErasureCheckInterval != 24*time.Hour {
+		t.Fatalf("privacy section: %+v", c.Privacy)
+	}
+	c, err = loadConfig("", []string{"METERLINE_PRIVACY_ERASURE_CHECK_INTERVAL=0s", "METERLINE_PRIVACY_ACCOUNT_DELETION_DELAY=-1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "privacy.account_deletion_delay") {
+		t.Fatalf("negative delay: %v", err)
+	}
+	if _, err := loadConfig(writeFile(t, "privacy:\n  erase_after: 1h\n"), nil); err == nil || !strings.Contains(err.Error(), "erase_after") {
+		t.Fatalf("unknown privacy key: %v", err)
 	}
 }

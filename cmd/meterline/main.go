@@ -25,8 +25,9 @@ func commands() []command {
 	return []command{
 		{"serve", "run the pipeline roles (all by default) and the HTTP API", runServe},
 		{"migrate", "apply the ClickHouse schema migrations (serve also does at start-up)", runMigrate},
+		{"billing", "billing to Stripe: run (report usage), reconcile (per customer and period), sync (subscription items)", runBilling},
 		{"usage", "print a customer's or key's usage from a running server", runUsage},
-		{"privacy", "privacy operations: retention (each table's retention and oldest row)", runPrivacy},
+		{"privacy", "privacy: retention, export, erasure and account deletion of a customer's data", runPrivacy},
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
 		{"token", "create an API token and print its configuration entry", runToken},
 		{"config", "validate the configuration and print the effective settings", runConfig},

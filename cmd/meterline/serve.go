@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"slices"
@@ -26,6 +27,7 @@ import (
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/httpx"
+	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/store"
 )
 
@@ -35,9 +37,10 @@ const (
 	roleSink       = "sink"       // Kafka → raw events table
 	roleAggregator = "aggregator" // raw events → usage rollups (run one per deployment)
 	roleQuery      = "query"      // GET /v1/usage, /v1/limits, /v1/events/stored; plan limits and alerts
+	roleBilling    = "billing"    // rollups → Stripe (run one per deployment); POST /v1/stripe/webhook
 )
 
-var allRoles = []string{roleCollector, roleSink, roleAggregator, roleQuery}
+var allRoles = []string{roleCollector, roleSink, roleAggregator, roleQuery, roleBilling}
 
 func parseRoles(s string) ([]string, error) {
 	if s == "" || s == "all" {
@@ -85,12 +88,14 @@ func storeConfig(c *Config) (store.Config, error) {
 }
 
 func migrateOptions(c *Config) store.MigrateOptions {
-	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths}
+	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths,
+		LedgerRetentionMonths: c.Retention.LedgerMonths}
 }
 
 // retentionRules is how long each table class keeps rows: raw events and
 // the alert delivery log retention.raw_months, the rollups
-// retention.rollup_months. Migrations create the tables with these TTLs;
+// retention.rollup_months, the billing ledger and invoice log
+// retention.ledger_months. Migrations create the tables with these TTLs;
 // serve and migrate bring existing tables to them when the settings change.
 func retentionRules(c *Config) []store.RetentionRule {
 	raw, roll := c.Retention.RawMonths, c.Retention.RollupMonths
@@ -101,6 +106,8 @@ func retentionRules(c *Config) []store.RetentionRule {
 		{Table: "usage_day", Column: "window_start", Months: roll},
 		{Table: "usage_month", Column: "window_start", Months: roll},
 		{Table: "alert_deliveries", Column: "attempted_at", Months: raw},
+		{Table: "billing_ledger", Column: "attempted_at", Months: c.Retention.LedgerMonths},
+		{Table: "billing_invoices", Column: "received_at", Months: c.Retention.LedgerMonths},
 	}
 }
 
@@ -134,6 +141,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	var cf commonFlags
 	cf.register(fs)
 	rolesFlag := fs.String("roles", "all", "comma-separated `roles` to run: "+strings.Join(allRoles, ", ")+", or all")
+	pprofAddr := fs.String("pprof-addr", "", "serve Go's /debug/pprof on this separate `address` (off by default; keep it on loopback)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -153,6 +161,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *pprofAddr != "" {
+		stopPprof, err := servePprof(*pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	return serve(ctx, cfg, roles, log)
 }
 
@@ -173,7 +188,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	}
 
 	var db store.Conn
-	if has(roleSink) || has(roleAggregator) || has(roleQuery) {
+	if has(roleSink) || has(roleAggregator) || has(roleQuery) || has(roleBilling) {
 		db, err = openStore(ctx, cfg, log)
 		if err != nil {
 			return err
@@ -212,7 +227,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			}
 		}()
 	}
-	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery)) {
+	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery) || has(roleBilling)) {
 		goRun("catalogue watcher", func(ctx context.Context) error {
 			limits.WatchFile(ctx, cfg.Limits.CatalogueFile, registry, cfg.Limits.ReloadEvery, log)
 			return nil
@@ -225,16 +240,23 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			return err
 		}
 		defer w.Close()
-		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy, tokens, w, reg, log.With("role", roleCollector))
+		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy.Anonymizer, tokens, w, reg, log.With("role", roleCollector))
 		mux.Handle("/v1/events", col)
 		checks = append(checks, readyCheck{"kafka", func(ctx context.Context) error { return kafkaReachable(ctx, cfg.Kafka) }})
 	}
 	if has(roleSink) {
-		sink, err := ingest.NewSink(cfg.Sink, cfg.Kafka, cfg.EventOptions(), cfg.Privacy, db, reg, log.With("role", roleSink))
+		sink, err := ingest.NewSink(cfg.Sink, cfg.Kafka, cfg.EventOptions(), cfg.Privacy.Anonymizer, db, reg, log.With("role", roleSink))
 		if err != nil {
 			return err
 		}
 		sink.ResolveCustomers(registry)
+		// Erased customers' events are dropped from the first batch on.
+		erased := privacy.NewBlocklist(cfg.Privacy.Config, db, reg, log.With("role", roleSink))
+		if err := erased.Load(ctx); err != nil {
+			return err
+		}
+		sink.DropErased(erased)
+		goRun("erased customers", erased.Run)
 		if !has(roleQuery) {
 			reg.MustRegister(registry) // the view registers it otherwise
 		}
@@ -252,6 +274,15 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
+		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
+		goRun("erasures", erasures.Run)
+		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay,
+			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
+	}
+	if has(roleBilling) {
+		if err := startBilling(cfg, db, registry, catalogue, mux, reg, log.With("role", roleBilling), goRun); err != nil {
+			return err
+		}
 	}
 	if db != nil {
 		checks = append(checks, readyCheck{"clickhouse", db.Ping})
@@ -318,6 +349,26 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	wg.Wait()
 	log.Info("stopped")
 	return result
+}
+
+// servePprof serves net/http/pprof on its own listener, apart from the API
+// (profiles expose internals and cost CPU; `meterline bench --profile`
+// fetches them from the processes it starts).
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("pprof listening", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return func() { _ = srv.Close() }, nil
 }
 
 // ensureTopics creates the topics, waiting up to a minute for the brokers.

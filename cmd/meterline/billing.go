@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/billing"
+	"github.com/meterline/meterline/store"
+)
+
+// envCrashAfterSend is a fault-injection hook for tests, never for
+// production: set to N, the billing worker kills its own process (SIGKILL)
+// right after Stripe acknowledged its N-th report and before the answer is
+// written to the ledger — the worst instant to die. TestBillingKilledAfterSend
+// uses it to prove that a restarted worker does not bill twice.
+const envCrashAfterSend = "METERLINE_TEST_BILLING_CRASH_AFTER_SEND"
+
+// loadBilling reads the catalogue and the billing mapping. Billing needs
+// the catalogue: it gives each customer's plan.
+func loadBilling(cfg *Config) (*billing.Mapping, *limits.Catalogue, error) {
+	if cfg.Billing.MappingFile == "" {
+		return nil, nil, errors.New("billing.mapping_file is not set: it says which Stripe customer, meter or subscription item each customer's usage goes to (see README, Billing)")
+	}
+	if cfg.Limits.CatalogueFile == "" {
+		return nil, nil, errors.New("billing needs limits.catalogue_file: the plan catalogue gives each customer's plan")
+	}
+	cat, err := limits.LoadRegistry(cfg.Limits.CatalogueFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("limits.catalogue_file: %w", err)
+	}
+	m, err := billing.LoadMapping(cfg.Billing.MappingFile, cat)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, cat, nil
+}
+
+// startBilling wires the billing role: the Stripe webhook endpoint (when
+// billing.webhook_secret is set) and the worker (when billing.mapping_file
+// is set; without it the role reports nothing and says so).
+func startBilling(cfg *Config, db store.Conn, registry *limits.Registry, catalogue *limits.Catalogue, mux *http.ServeMux,
+	reg prometheus.Registerer, log *slog.Logger, goRun func(string, func(context.Context) error)) error {
+	var mapping *billing.Mapping
+	if cfg.Billing.MappingFile != "" {
+		if catalogue == nil {
+			return errors.New("billing.mapping_file is set but limits.catalogue_file is not: the catalogue gives each customer's plan")
+		}
+		m, err := billing.LoadMapping(cfg.Billing.MappingFile, catalogue)
+		if err != nil {
+			return err
+		}
+		mapping = m
+	}
+	if cfg.Billing.WebhookSecret != "" {
+		mux.Handle("/v1/stripe/webhook", billing.NewWebhookHandler(cfg.Billing.WebhookSecret, db, mapping, reg, log))
+	}
+	if mapping == nil {
+		log.Warn("billing.mapping_file is not set: the billing role reports nothing to Stripe")
+		return nil
+	}
+	w := billing.NewWorker(cfg.Billing, db, mapping, registry, billing.NewStripeAPI(cfg.Billing), reg, log)
+	if err := installCrashHook(w); err != nil {
+		return err
+	}
+	url := cfg.Billing.StripeAPIURL
+	if url == "" {
+		url = "https://api.stripe.com"
+	}
+	log.Info("billing to Stripe", "stripe", url, "customers", len(mapping.Customers), "interval", cfg.Billing.Interval,
+		"lateness", cfg.Billing.Lateness, "window", cfg.Billing.Window)
+	goRun(roleBilling, w.Run)
+	return nil
+}
+
+// installCrashHook arms the envCrashAfterSend fault injection.
+func installCrashHook(w *billing.Worker) error {
+	v := os.Getenv(envCrashAfterSend)
+	if v == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return fmt.Errorf("%s=%q: want a positive integer", envCrashAfterSend, v)
+	}
+	var acked atomic.Int64
+	w.SetAfterAnswer(func(ok bool) {
+		if ok && acked.Add(1) == int64(n) {
+			fmt.Fprintf(os.Stderr, "%s: killing the process after Stripe's acknowledgement %d, before the ledger write\n", envCrashAfterSend, n)
+			p, _ := os.FindProcess(os.Getpid())
+			_ = p.Kill()
+			select {} // the signal is on its way
+		}
+	})
+	return nil
+}
+
+func runBilling(args []string, stdout, stderr io.Writer) error {
+	const synopsis = `Usage: meterline billing <subcommand> [flags]
+
+  run [--once]                 report settled usage to Stripe (once, or every billing.interval)
+  reconcile --period YYYY-MM   per customer: units in rollups, reported, acknowledged, difference and reason
+                               [--csv] CSV for finance; exits 1 on an unexplained difference
+  sync [--write]               fill subscription items of usage_records plans from Stripe
+`
+	if len(args) == 0 {
+		fmt.Fprint(stderr, synopsis)
+		return errUsage
+	}
+	switch args[0] {
+	case "run":
+		return runBillingRun(args[1:], stdout, stderr)
+	case "reconcile":
+		return runBillingReconcile(args[1:], stdout, stderr)
+	case "sync":
+		return runBillingSync(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, synopsis)
+		return nil
+	}
+	fmt.Fprintf(stderr, "unknown billing subcommand %q\n\n%s", args[0], synopsis)
+	return errUsage
+}
+
+func noArgs(fs *flag.FlagSet, stderr io.Writer) error {
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
+func runBillingRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("billing run", "billing run [--config FILE] [--once]", stderr)
+	var cf commonFlags
+	cf.register(fs)
+	once := fs.Bool("once", false, "report once and exit (default: every billing.interval until interrupted)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs, stderr); err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	mapping, cat, err := loadBilling(cfg)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	db, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	w := billing.NewWorker(cfg.Billing, db, mapping, limits.NewRegistry(cat), billing.NewStripeAPI(cfg.Billing), nil, log)
+	if err := installCrashHook(w); err != nil {
+		return err
+	}
+	if !*once {
+		return w.Run(ctx)
+	}
+	st, err := w.RunOnce(ctx, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "settled up to %s: %d customer(s), %d acknowledged, %d failed, %d open, %d unbillable, %d abandoned, %d request(s)\n",
+		st.Settled.Format(time.RFC3339), st.Customers, st.Acknowledged, st.Failed, st.Open, st.Unbillable, st.Abandoned, st.Requests)
+	if st.Failed > 0 || st.Open > 0 {
+		return fmt.Errorf("%d report(s) failed and %d are still open; see the log, the next run retries them", st.Failed, st.Open)
+	}
+	return nil
+}
+
+func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE]", stderr)
+	var cf commonFlags
+	cf.register(fs)
+	periodFlag := fs.String("period", "", "billing `period` (calendar month, UTC), e.g. 2026-11; required")
+	asCSV := fs.Bool("csv", false, "write CSV (for finance) instead of a table")
+	output := fs.String("output", "", "write to this `file` instead of standard output")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs, stderr); err != nil {
+		return err
+	}
+	if *periodFlag == "" {
+		fmt.Fprintln(stderr, "--period is required (e.g. --period 2026-11)")
+		fs.Usage()
+		return errUsage
+	}
+	period, err := billing.ParsePeriod(*periodFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "--period: %v\n", err)
+		return errUsage
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	var mapping *billing.Mapping
+	var plans billing.Plans
+	if cfg.Billing.MappingFile != "" {
+		m, cat, err := loadBilling(cfg)
+		if err != nil {
+			return err
+		}
+		mapping, plans = m, limits.NewRegistry(cat)
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	db, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	rec, err := billing.Reconcile(ctx, db, cfg.Billing, mapping, plans, period, time.Now())
+	if err != nil {
+		return err
+	}
+	out := stdout
+	if *output != "" {
+		f, err := os.Create(*output)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		out = f
+	}
+	if *asCSV {
+		err = rec.WriteCSV(out)
+	} else {
+		err = rec.WriteTable(out)
+	}
+	if err != nil {
+		return err
+	}
+	if rec.Unexplained() {
+		n := 0
+		for _, l := range rec.Lines {
+			if !l.Unexplained.IsZero() {
+				n++
+			}
+		}
+		return fmt.Errorf("unexplained difference for %d customer(s) in %s", n, period.Format("2006-01"))
+	}
+	return nil
+}
+
+func runBillingSync(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("billing sync", "billing sync [--config FILE] [--write]", stderr)
+	var cf commonFlags
+	cf.register(fs)
+	write := fs.Bool("write", false, "rewrite billing.mapping_file (comments are not kept) instead of printing the new mapping")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs, stderr); err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	mapping, cat, err := loadBilling(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	updated, notes, syncErr := billing.Sync(ctx, billing.NewStripeAPI(cfg.Billing), mapping, limits.NewRegistry(cat))
+	for _, n := range notes {
+		fmt.Fprintln(stderr, n)
+	}
+	if len(notes) == 0 {
+		fmt.Fprintln(stderr, "no change")
+	}
+	out, err := updated.Marshal()
+	if err != nil {
+		return err
+	}
+	if _, err := billing.ParseMapping(out, cat); err != nil {
+		return errors.Join(syncErr, fmt.Errorf("the synced mapping is not valid: %w", err))
+	}
+	if *write {
+		if len(notes) > 0 {
+			if err := os.WriteFile(cfg.Billing.MappingFile, out, 0o644); err != nil {
+				return errors.Join(syncErr, err)
+			}
+			fmt.Fprintf(stderr, "wrote %s\n", cfg.Billing.MappingFile)
+		}
+	} else if _, err := stdout.Write(out); err != nil {
+		return err
+	}
+	return syncErr
+}
