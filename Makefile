@@ -17,8 +17,8 @@ run: ## install what is missing, start Kafka and run `meterline serve` (Ctrl-C s
 test: ## install what is missing, start the shared servers, run every test
 	@deploy/test.sh
 
-bench: ## pipeline throughput (HTTP -> Kafka -> stored rows) against the raw insert baseline, same run
-	@deploy/test.sh -run '^$$' -bench 'Pipeline|Baseline' -benchtime 200000x -count 3 ./ingest/
+bench: ## `meterline bench --duration 60s` on a broker of its own: rate, latency, CPU, memory, lag vs raw Kafka and insert baselines (ARGS="..." overrides)
+	@deploy/bench.sh $(ARGS)
 
 build: ## build bin/meterline
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meterline ./cmd/meterline

@@ -24,6 +24,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the pipeline roles (all by default) and the HTTP API", runServe},
+		{"bench", "measure the pipeline's throughput, latency and cost against raw Kafka and engine baselines", runBench},
 		{"migrate", "apply the ClickHouse schema migrations (serve also does at start-up)", runMigrate},
 		{"billing", "billing to Stripe: run (report usage), reconcile (per customer and period), sync (subscription items)", runBilling},
 		{"usage", "print a customer's or key's usage from a running server", runUsage},
