@@ -293,16 +293,29 @@ func reconcileUsage(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 	whole := settledUnits.Floor()
 	explain("fraction of a unit (usage records take whole units)", settledUnits.Sub(whole))
 	residual := whole.Sub(l.Acknowledged)
+	// Units of windows that became billable (window end + lateness) within
+	// the last two intervals: the next run reports them. Older settled
+	// units that are still unreported are unexplained.
+	recentUnits := decimal.Zero
+	span := cfg.windowSpan()
+	for ws, u := range units {
+		if ws < asOf.Unix() && time.Unix(ws, 0).Add(span+cfg.Lateness).After(recent) {
+			recentUnits = recentUnits.Add(u)
+		}
+	}
 	switch {
 	case residual.IsZero():
 	case lastSent != nil && lastSent.state() == stateOpen && lastSent.quantity.Equal(whole):
 		explain("in flight (sent, awaiting Stripe's answer)", residual)
-	case asOf.Add(cfg.Lateness).After(recent):
+	case !residual.GreaterThan(recentUnits):
 		explain("settled recently; reported by the next run", residual)
-	case lastErr != "":
-		unexplained("settled, refused by Stripe: "+lastErr, residual)
 	default:
-		unexplained("settled but not reported (is the billing worker running?)", residual)
+		explain("settled recently; reported by the next run", recentUnits)
+		if lastErr != "" {
+			unexplained("settled, refused by Stripe: "+lastErr, residual.Sub(recentUnits))
+		} else {
+			unexplained("settled but not reported (is the billing worker running?)", residual.Sub(recentUnits))
+		}
 	}
 }
 

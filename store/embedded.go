@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -158,6 +159,13 @@ type embeddedConn struct {
 	// forceSetParams makes the engine bind parameters with SET param_
 	// even when chdb_query_with_params exists, so tests cover the fallback.
 	forceSetParams bool
+	// jsonInserts sends every insert as inline JSON (benchmarks compare).
+	jsonInserts bool
+
+	// colTypes caches each table's column types (name -> type) for Native
+	// inserts. DDL through this Conn and a failed Native insert drop it.
+	typesMu  sync.Mutex
+	colTypes map[string]map[string]string
 }
 
 func openEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (Conn, error) {
@@ -327,6 +335,9 @@ func (c *embeddedConn) Exec(ctx context.Context, query string, params ...Param) 
 	}
 	res, ok := c.run(rc, []byte(query), "TabSeparated", names, values)
 	c.release(rc, !ok)
+	if isDDL(query) {
+		c.forgetTypes("")
+	}
 	if res.err != "" {
 		return fmt.Errorf("store: exec %q: %w", snippet(query), engineError(res.err))
 	}
@@ -372,13 +383,27 @@ func (c *embeddedConn) Insert(ctx context.Context, table string, columns []strin
 	if err != nil {
 		return err
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, len(head)+1+len(rows)*64*len(columns)))
-	buf.WriteString(head)
-	buf.WriteString(" FORMAT JSONCompactEachRow\n")
 	for i, row := range rows {
 		if len(row) != len(columns) {
 			return fmt.Errorf("store: insert into %s: row %d has %d values for %d columns", table, i, len(row), len(columns))
 		}
+	}
+	if !c.jsonInserts {
+		types, ok, err := c.nativeTypes(ctx, table, columns)
+		if err != nil {
+			return fmt.Errorf("store: insert into %s: %w", table, err)
+		}
+		if ok {
+			err := c.insertNative(ctx, table, columns, types, rows, opts)
+			if !errors.Is(err, errNativeUnsupported) {
+				return err
+			}
+		}
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, len(head)+1+len(rows)*64*len(columns)))
+	buf.WriteString(head)
+	buf.WriteString(" FORMAT JSONCompactEachRow\n")
+	for i, row := range rows {
 		buf.WriteByte('[')
 		for j, v := range row {
 			if j > 0 {
@@ -396,15 +421,148 @@ func (c *embeddedConn) Insert(ctx context.Context, table string, columns []strin
 	}
 	res, ok := c.run(rc, buf.Bytes(), "TabSeparated", nil, nil)
 	c.release(rc, !ok)
+	return insertResult(table, res, len(rows))
+}
+
+// insertResult turns an insert's outcome into an error.
+func insertResult(table string, res chdbResult, rows int) error {
 	if res.err != "" {
 		return fmt.Errorf("store: insert into %s: %w", table, engineError(res.err))
 	}
 	// A deduplicated retry still reports the full count, and materialized
 	// views add to it, so only a short count is suspicious.
-	if res.hasWritten && res.rowsWritten > 0 && res.rowsWritten < uint64(len(rows)) {
-		return fmt.Errorf("store: insert into %s: engine wrote %d of %d rows", table, res.rowsWritten, len(rows))
+	if res.hasWritten && res.rowsWritten > 0 && res.rowsWritten < uint64(rows) {
+		return fmt.Errorf("store: insert into %s: engine wrote %d of %d rows", table, res.rowsWritten, rows)
 	}
 	return nil
+}
+
+// isDDL tells whether a statement may change a table's columns.
+func isDDL(query string) bool {
+	f := strings.Fields(query)
+	if len(f) == 0 {
+		return false
+	}
+	switch strings.ToUpper(f[0]) {
+	case "ALTER", "CREATE", "DROP", "RENAME", "EXCHANGE", "ATTACH", "DETACH":
+		return true
+	}
+	return false
+}
+
+// forgetTypes drops the cached column types of table ("" drops all).
+func (c *embeddedConn) forgetTypes(table string) {
+	c.typesMu.Lock()
+	defer c.typesMu.Unlock()
+	if table == "" {
+		c.colTypes = nil
+	} else {
+		delete(c.colTypes, table)
+	}
+}
+
+// nativeTypes returns the Native encoders of the columns, or false when a
+// column's type has none (the insert then goes as JSON).
+func (c *embeddedConn) nativeTypes(ctx context.Context, table string, columns []string) ([]nativeType, bool, error) {
+	if strings.ContainsAny(table, ".`") {
+		return nil, false, nil
+	}
+	c.typesMu.Lock()
+	byName, ok := c.colTypes[table]
+	c.typesMu.Unlock()
+	if !ok {
+		rows, err := c.Query(ctx, "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}", P("t", table))
+		if err != nil {
+			return nil, false, err
+		}
+		byName = map[string]string{}
+		for rows.Next() {
+			var n, t string
+			if err := rows.Scan(&n, &t); err != nil {
+				rows.Close()
+				return nil, false, err
+			}
+			byName[n] = t
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, false, err
+		}
+		c.typesMu.Lock()
+		if c.colTypes == nil {
+			c.colTypes = map[string]map[string]string{}
+		}
+		c.colTypes[table] = byName
+		c.typesMu.Unlock()
+	}
+	out := make([]nativeType, len(columns))
+	for i, col := range columns {
+		t, ok := parseNativeType(byName[col])
+		if !ok {
+			return nil, false, nil
+		}
+		out[i] = t
+	}
+	return out, true, nil
+}
+
+// nativeDir holds the insert files: memory-backed where there is one.
+var nativeDir = func() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if f, err := os.CreateTemp("/dev/shm", "meterline-probe-*"); err == nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "/dev/shm"
+		}
+	}
+	return os.TempDir()
+}()
+
+// insertNative writes rows to a Native file and inserts it with FROM INFILE.
+// errNativeUnsupported means nothing was sent: a value did not fit its
+// column, and the caller falls back to JSON.
+func (c *embeddedConn) insertNative(ctx context.Context, table string, columns []string, types []nativeType, rows [][]any, opts InsertOptions) error {
+	data, err := nativeBlock(make([]byte, 0, len(rows)*24*len(columns)), columns, types, rows)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(nativeDir, "meterline-insert-*.native")
+	if err != nil {
+		return fmt.Errorf("store: insert into %s: %w", table, err)
+	}
+	path := f.Name()
+	defer os.Remove(path)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("store: insert into %s: writing %s: %w", table, path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("store: insert into %s: writing %s: %w", table, path, err)
+	}
+	qpath, err := quoteString(path)
+	if err != nil {
+		return err
+	}
+	// INSERT ... FROM INFILE takes its SETTINGS after the file name.
+	into, err := insertHead(table, columns, InsertOptions{})
+	if err != nil {
+		return err
+	}
+	q := into + " FROM INFILE " + qpath
+	if settings, _ := insertSettings(table, opts); settings != "" {
+		q += " SETTINGS " + settings
+	}
+	rc, err := c.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("store: insert into %s: %w", table, err)
+	}
+	res, ok := c.run(rc, []byte(q+" FORMAT Native"), "TabSeparated", nil, nil)
+	c.release(rc, !ok)
+	if res.err != "" {
+		// The table may have changed under a cached type: look again next time.
+		c.forgetTypes(table)
+	}
+	return insertResult(table, res, len(rows))
 }
 
 // Ping implements Conn.

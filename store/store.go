@@ -213,12 +213,21 @@ func insertHead(table string, columns []string, opts InsertOptions) (string, err
 		}
 	}
 	head := "INSERT INTO " + qt + " (" + strings.Join(qcols, ", ") + ")"
-	if opts.DedupToken != "" {
-		tok, err := quoteString(opts.DedupToken)
-		if err != nil {
-			return "", fmt.Errorf("store: insert into %s: dedup token: %w", table, err)
-		}
-		head += " SETTINGS insert_deduplication_token = " + tok + ", deduplicate_blocks_in_dependent_materialized_views = 1"
+	settings, err := insertSettings(table, opts)
+	if settings != "" {
+		head += " SETTINGS " + settings
 	}
-	return head, nil
+	return head, err
+}
+
+// insertSettings returns the SETTINGS list of an insert ("" for none).
+func insertSettings(table string, opts InsertOptions) (string, error) {
+	if opts.DedupToken == "" {
+		return "", nil
+	}
+	tok, err := quoteString(opts.DedupToken)
+	if err != nil {
+		return "", fmt.Errorf("store: insert into %s: dedup token: %w", table, err)
+	}
+	return "insert_deduplication_token = " + tok + ", deduplicate_blocks_in_dependent_materialized_views = 1", nil
 }
