@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -47,7 +46,7 @@ type fixture struct {
 	customers []customerSpec
 	cat       *limits.Catalogue
 	mapping   *Mapping
-	logs      *syncBuffer
+	logs      *testenv.SyncBuffer
 	seq       int
 }
 
@@ -56,7 +55,7 @@ const testEventName = "api_units"
 // newFixture makes customers: modes[i] is the plan mode of customer i.
 func newFixture(t *testing.T, modes ...string) *fixture {
 	t.Helper()
-	f := &fixture{t: t, db: engine.Require(t), logs: &syncBuffer{}}
+	f := &fixture{t: t, db: engine.Require(t), logs: &testenv.SyncBuffer{}}
 	var cat, mp strings.Builder
 	cat.WriteString("plans:\n  - id: pm\n    included_units: 1000\n  - id: pu\n    included_units: 1000\ncustomers:\n")
 	mp.WriteString("plans:\n  - plan: pm\n    mode: meter_events\n    event_name: " + testEventName + "\n  - plan: pu\n    mode: usage_records\ncustomers:\n")
@@ -169,23 +168,6 @@ func (f *fixture) runUntilClean(w *Worker, maxRuns int) []RunStats {
 	}
 	f.t.Fatalf("still open or failed after %d runs: %+v", maxRuns, all)
 	return nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // hoursAgo is the start of the UTC hour n hours before now.

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/meterline/meterline/internal/retry"
 	"github.com/meterline/meterline/schemas"
 	"github.com/meterline/meterline/store"
 )
@@ -278,7 +279,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	s.log.Info("sink started", "topic", s.kcfg.Topic, "group", s.cfg.GroupID, "batch_size", s.cfg.BatchSize, "flush_interval", s.cfg.FlushInterval)
 	batch := make([]kafka.Message, 0, s.cfg.BatchSize)
 	var batchStart time.Time
-	bo := newBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
+	bo := retry.NewBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
 	flush := func(fctx context.Context) error {
 		err := s.flush(fctx, batch)
 		batch = batch[:0]
@@ -301,7 +302,7 @@ func (s *Sink) Run(ctx context.Context) error {
 				fctx, cancel = s.batchDeadline(ctx, batchStart)
 			}
 			batch = append(batch, msg)
-			bo.reset()
+			bo.Reset()
 			if len(batch) >= s.cfg.BatchSize {
 				if err := flush(ctx); err != nil {
 					return s.shutdown(ctx, batch, err)
@@ -315,9 +316,9 @@ func (s *Sink) Run(ctx context.Context) error {
 			}
 		default:
 			s.m.retries.WithLabelValues("fetch").Inc()
-			d := bo.next()
+			d := bo.Next()
 			s.log.Warn("kafka fetch failed; retrying", "err", err, "retry_in", d)
-			if !sleep(ctx, d) {
+			if !retry.Sleep(ctx, d) {
 				return s.shutdown(ctx, batch, nil)
 			}
 		}
@@ -465,7 +466,7 @@ func (s *Sink) insert(ctx context.Context, rows []pending, token string, now tim
 	for i := range rows {
 		vals[i] = rows[i].row
 	}
-	bo := newBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
+	bo := retry.NewBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
 	for attempt := 1; ; attempt++ {
 		t0 := time.Now()
 		// ingested_at is the time of this attempt: the aggregator finds new
@@ -497,9 +498,9 @@ func (s *Sink) insert(ctx context.Context, rows []pending, token string, now tim
 			b, err := s.insert(ctx, rows[half:], token+"/b", now)
 			return append(a, b...), err
 		}
-		d := bo.next()
+		d := bo.Next()
 		s.log.Warn("insert into ClickHouse failed; retrying", "events", len(rows), "attempt", attempt, "retry_in", d, "err", err)
-		if !sleep(ctx, d) {
+		if !retry.Sleep(ctx, d) {
 			return nil, ctx.Err()
 		}
 	}
@@ -525,7 +526,7 @@ func (s *Sink) retry(ctx context.Context, op string, f func() error) error {
 
 // retryN calls f until it succeeds, ctx ends, or (when n > 0) n attempts failed.
 func (s *Sink) retryN(ctx context.Context, op string, n int, f func() error) error {
-	bo := newBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
+	bo := retry.NewBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
 	for attempt := 1; ; attempt++ {
 		err := f()
 		if err == nil {
@@ -538,9 +539,9 @@ func (s *Sink) retryN(ctx context.Context, op string, n int, f func() error) err
 			return err
 		}
 		s.m.retries.WithLabelValues(op).Inc()
-		d := bo.next()
+		d := bo.Next()
 		s.log.Warn(op+" failed; retrying", "attempt", attempt, "retry_in", d, "err", err)
-		if !sleep(ctx, d) {
+		if !retry.Sleep(ctx, d) {
 			return ctx.Err()
 		}
 	}

@@ -100,23 +100,6 @@ auth:
 	return path, addr
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a running meterline process.
 type proc struct {
 	cmd    *exec.Cmd
@@ -124,7 +107,7 @@ type proc struct {
 }
 
 // startCmd runs `meterline serve`; the process is killed at the end of the test.
-func startCmd(t *testing.T, cfgPath string, logs *syncBuffer, args ...string) *proc {
+func startCmd(t *testing.T, cfgPath string, logs *testenv.SyncBuffer, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(binPath, append([]string{"serve", "--config", cfgPath}, args...)...)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -150,9 +133,9 @@ func (p *proc) kill() {
 }
 
 // start runs `meterline serve` and waits until /healthz answers.
-func start(t *testing.T, cfgPath, addr string, args ...string) (*proc, *syncBuffer) {
+func start(t *testing.T, cfgPath, addr string, args ...string) (*proc, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	p := startCmd(t, cfgPath, logs, args...)
 	exited := p.exited
 	testenv.Eventually(t, 90*time.Second, func() error {
