@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // defaultEmbeddedConns is the default pool size of one embedded Conn.
@@ -211,7 +212,22 @@ func openEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (Conn, erro
 		_ = c.Close()
 		return nil, err
 	}
+	removeStaleInsertFiles(nativeDir, 10*time.Minute, log)
 	return c, nil
+}
+
+// removeStaleInsertFiles deletes Native insert files that a killed process
+// left behind (in /dev/shm they hold memory). Only files older than age
+// go: another live process's insert never takes that long.
+func removeStaleInsertFiles(dir string, age time.Duration, log *slog.Logger) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "meterline-insert-*.native"))
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil && time.Since(st.ModTime()) > age {
+			if os.Remove(p) == nil {
+				log.Info("removed a stale insert file", "path", p, "bytes", st.Size())
+			}
+		}
+	}
 }
 
 // Engine implements Conn.

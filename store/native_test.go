@@ -1,6 +1,7 @@
 package store
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -135,5 +136,30 @@ func TestNativeDecimalPrecision(t *testing.T) {
 	}
 	if got := dump(t, c, "dp"); got != "(1,9999999.99)\n(2,-9999999.99)" {
 		t.Fatalf("stored %q", got)
+	}
+}
+
+// TestStaleInsertFilesRemoved: files a killed process left behind are
+// removed once they are old; a fresh one (a live insert) is kept.
+func TestStaleInsertFilesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	old, fresh := dir+"/meterline-insert-1.native", dir+"/meterline-insert-2.native"
+	other := dir + "/unrelated.native"
+	for _, p := range []string{old, fresh, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-time.Hour)
+	for _, p := range []string{old, other} {
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeStaleInsertFiles(dir, 10*time.Minute, testLogger)
+	for p, want := range map[string]bool{old: false, fresh: true, other: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s exists=%v, want %v", p, err == nil, want)
+		}
 	}
 }
