@@ -101,7 +101,14 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Meterline-Export-Rows", fmt.Sprint(ex.Rows))
 	w.WriteHeader(http.StatusOK)
-	res, err := ex.Write(r.Context(), w, format, nil)
+	// A large export outlasts the server's write timeout: each slice written
+	// pushes the deadline forward instead, so only a stalled client is cut.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(exportSliceTimeout))
+	res, err := ex.Write(r.Context(), w, format, func(privacy.Progress) {
+		_ = rc.Flush()
+		_ = rc.SetWriteDeadline(time.Now().Add(exportSliceTimeout))
+	})
 	detail := map[string]any{"format": format, "rows": res.Rows, "total": res.Total}
 	if err != nil {
 		detail["error"] = err.Error()
@@ -117,6 +124,9 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	}
 	p.Log.Info("privacy export", "by", who.Name, "customer", s.CustomerID, "api_key", s.APIKeyID, "rows", res.Total, "format", format)
 }
+
+// exportSliceTimeout bounds writing one slice of an export to the client.
+const exportSliceTimeout = 2 * time.Minute
 
 // erasureRequest is the body of POST /v1/privacy/erasures.
 type erasureRequest struct {

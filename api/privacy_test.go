@@ -23,6 +23,7 @@ import (
 
 type privacyFixture struct {
 	srv                *httptest.Server
+	mux                *http.ServeMux
 	svc                *privacy.Service
 	subject, bystander string
 }
@@ -53,7 +54,7 @@ func newPrivacyFixture(t *testing.T) *privacyFixture {
 	p.Register(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &privacyFixture{srv: srv, svc: svc, subject: subject, bystander: bystander}
+	return &privacyFixture{srv: srv, mux: mux, svc: svc, subject: subject, bystander: bystander}
 }
 
 func (f *privacyFixture) do(t testing.TB, method, token, path, ctype, body string) (*http.Response, string) {
@@ -223,5 +224,30 @@ func TestPrivacyEndpointsRejectBadInput(t *testing.T) {
 	_, body := f.do(t, "GET", tokAdmin, exp, "", "")
 	if got := ndjsonTables(t, body); got["events"] != 30 {
 		t.Fatalf("data changed by bad requests: %v", got)
+	}
+}
+
+// TestPrivacyExportOutlastsWriteTimeout: serve bounds every response with a
+// write timeout; an export, which can take minutes, extends it slice by
+// slice. With a 1 ms timeout any export would be cut without that.
+func TestPrivacyExportOutlastsWriteTimeout(t *testing.T) {
+	f := newPrivacyFixture(t)
+	srv := httptest.NewUnstartedServer(f.mux)
+	srv.Config.WriteTimeout = time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	f.srv = srv
+	for _, format := range []string{"ndjson", "zip"} {
+		resp, body := f.do(t, "GET", tokAdmin, "/v1/privacy/export?format="+format+"&customer_id="+f.subject, "", "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", format, resp.StatusCode, body)
+		}
+		if format == "ndjson" {
+			if got := ndjsonTables(t, body); got["events"] != 30 || got["_summary"] != 1 {
+				t.Fatalf("ndjson export under a 1 ms write timeout: %v", got)
+			}
+		} else if _, err := zip.NewReader(bytes.NewReader([]byte(body)), int64(len(body))); err != nil {
+			t.Fatalf("zip export under a 1 ms write timeout: %v", err)
+		}
 	}
 }
