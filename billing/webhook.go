@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +48,7 @@ var invoiceColumns = []string{"customer_id", "stripe_customer_id", "invoice_id",
 type WebhookHandler struct {
 	secret   string
 	db       store.Conn
-	mapping  *Mapping
+	mapping  atomic.Pointer[Mapping]
 	log      *slog.Logger
 	received *prometheus.CounterVec
 	now      func() time.Time
@@ -59,14 +60,18 @@ func NewWebhookHandler(secret string, db store.Conn, mapping *Mapping, prom prom
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &WebhookHandler{secret: secret, db: db, mapping: mapping, log: log, now: time.Now,
+	h := &WebhookHandler{secret: secret, db: db, log: log, now: time.Now,
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meterline_billing_webhooks_total",
 			Help: "Stripe webhook requests by outcome (recorded, ignored, rejected, error)."}, []string{"outcome"})}
+	h.mapping.Store(mapping)
 	if prom != nil {
 		_ = prom.Register(h.received)
 	}
 	return h
 }
+
+// SetMapping replaces the mapping (a reloaded billing.mapping_file).
+func (h *WebhookHandler) SetMapping(m *Mapping) { h.mapping.Store(m) }
 
 func (h *WebhookHandler) reject(w http.ResponseWriter, code int, msg string) {
 	h.received.WithLabelValues("rejected").Inc()
@@ -132,8 +137,8 @@ func (h *WebhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	customer := ""
-	if h.mapping != nil {
-		customer, _ = h.mapping.CustomerOfStripe(inv.Customer.ID)
+	if m := h.mapping.Load(); m != nil {
+		customer, _ = m.CustomerOfStripe(inv.Customer.ID)
 	}
 	row := []any{customer, inv.Customer.ID, inv.ID, ev.ID, string(ev.Type), string(inv.Status),
 		time.Unix(inv.PeriodStart, 0).UTC(), time.Unix(inv.PeriodEnd, 0).UTC(), inv.AmountDue, string(inv.Currency), h.now().UTC()}

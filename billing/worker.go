@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,7 +59,7 @@ type RunStats struct {
 type Worker struct {
 	cfg     Config
 	db      store.Conn
-	mapping *Mapping
+	mapping atomic.Pointer[Mapping]
 	plans   Plans
 	api     StripeAPI
 	querier *aggregate.Querier
@@ -77,14 +78,20 @@ func NewWorker(cfg Config, db store.Conn, mapping *Mapping, plans Plans, api Str
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Worker{
-		cfg: cfg, db: db, mapping: mapping, plans: plans, api: api,
+	w := &Worker{
+		cfg: cfg, db: db, plans: plans, api: api,
 		querier: aggregate.NewQuerier(db),
 		limiter: newLimiter(cfg.MaxRequestsPerSecond),
 		m:       newMetrics(prom),
 		log:     log,
 	}
+	w.mapping.Store(mapping)
+	return w
 }
+
+// SetMapping replaces the mapping (a reloaded billing.mapping_file); the
+// next run uses it, a run in progress finishes with the one it started with.
+func (w *Worker) SetMapping(m *Mapping) { w.mapping.Store(m) }
 
 // SetAfterAnswer installs a fault-injection hook called after Stripe
 // answered a request and before the answer is recorded in the ledger.
@@ -150,12 +157,13 @@ func (w *Worker) runOnce(ctx context.Context, now time.Time) (RunStats, error) {
 	from := now.Add(-w.cfg.Lookback).Truncate(span)
 
 	var jobs []job
+	mapping := w.mapping.Load()
 	for _, c := range w.plans.Customers() {
-		cb, ok := w.mapping.Customer(c.ID)
+		cb, ok := mapping.Customer(c.ID)
 		if !ok {
 			continue // not billed through Stripe
 		}
-		pb, ok := w.mapping.Plan(c.Plan)
+		pb, ok := mapping.Plan(c.Plan)
 		switch {
 		case !ok:
 			w.m.errors.WithLabelValues("mapping").Inc()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -65,8 +66,10 @@ func startBilling(cfg *Config, db store.Conn, registry *limits.Registry, catalog
 		}
 		mapping = m
 	}
+	var hook *billing.WebhookHandler
 	if cfg.Billing.WebhookSecret != "" {
-		mux.Handle("/v1/stripe/webhook", billing.NewWebhookHandler(cfg.Billing.WebhookSecret, db, mapping, reg, log))
+		hook = billing.NewWebhookHandler(cfg.Billing.WebhookSecret, db, mapping, reg, log)
+		mux.Handle("/v1/stripe/webhook", hook)
 	}
 	if mapping == nil {
 		log.Warn("billing.mapping_file is not set: the billing role reports nothing to Stripe")
@@ -76,6 +79,15 @@ func startBilling(cfg *Config, db store.Conn, registry *limits.Registry, catalog
 	if err := installCrashHook(w); err != nil {
 		return err
 	}
+	goRun("billing mapping watcher", func(ctx context.Context) error {
+		watchMapping(ctx, cfg.Billing.MappingFile, cfg.Limits.ReloadEvery, registry.Catalogue, func(m *billing.Mapping) {
+			w.SetMapping(m)
+			if hook != nil {
+				hook.SetMapping(m)
+			}
+		}, log)
+		return nil
+	})
 	url := cfg.Billing.StripeAPIURL
 	if url == "" {
 		url = "https://api.stripe.com"
@@ -84,6 +96,51 @@ func startBilling(cfg *Config, db store.Conn, registry *limits.Registry, catalog
 		"lateness", cfg.Billing.Lateness, "window", cfg.Billing.Window)
 	goRun(roleBilling, w.Run)
 	return nil
+}
+
+// watchMapping reloads the billing mapping when its file changes, every
+// `every` (limits.reload_every, as for the catalogue), validating it against
+// the catalogue in force. A valid new mapping is applied (the next billing
+// run uses it); an invalid one is logged once and the running mapping kept.
+func watchMapping(ctx context.Context, path string, every time.Duration, catalogue func() *limits.Catalogue,
+	apply func(*billing.Mapping), log *slog.Logger) {
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	// The first poll applies the file again even when it did not change:
+	// harmless, and no change made just after start-up is missed.
+	var seen [sha256.Size]byte
+	missing := false
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			if !missing {
+				log.Warn("billing mapping file unreadable; the previous mapping stays in force", "err", err)
+			}
+			missing = true
+			continue
+		}
+		missing = false
+		sum := sha256.Sum256(data)
+		if sum == seen {
+			continue
+		}
+		seen = sum
+		m, err := billing.LoadMapping(path, catalogue())
+		if err != nil {
+			log.Error("billing mapping not reloaded: the file is invalid; the previous mapping stays in force", "err", err)
+			continue
+		}
+		apply(m)
+		log.Info("billing mapping loaded", "path", path, "customers", len(m.Customers), "plans", len(m.Plans))
+	}
 }
 
 // installCrashHook arms the envCrashAfterSend fault injection.

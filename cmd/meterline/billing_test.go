@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/billing"
 	"github.com/meterline/meterline/billing/billingtest"
 	"github.com/meterline/meterline/internal/testenv"
 )
@@ -270,5 +274,67 @@ func TestBillingCLIRejectsBadInput(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "ledger_months: 12") {
 		t.Errorf("retention.ledger_months missing from the effective configuration")
+	}
+}
+
+// TestBillingMappingWatcher: an edited mapping file is applied without a
+// restart; an invalid edit is refused and the last good mapping stays.
+func TestBillingMappingWatcher(t *testing.T) {
+	dir := t.TempDir()
+	cat, err := limits.ParseCatalogue([]byte(`plans:
+  - {id: starter, included_units: 10}
+customers:
+  - {id: acme, plan: starter, keys: [k1]}
+  - {id: globex, plan: starter, keys: [k2]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "billing.yaml")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const head = "plans:\n  - {plan: starter, mode: meter_events, event_name: api_units}\ncustomers:\n  - {id: acme, stripe_customer_id: cus_A}\n"
+	write(head)
+	applied := make(chan *billing.Mapping, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchMapping(ctx, path, 20*time.Millisecond, func() *limits.Catalogue { return cat }, func(m *billing.Mapping) { applied <- m },
+			slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+	next := func() *billing.Mapping {
+		t.Helper()
+		select {
+		case m := <-applied:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no mapping applied within 10 s")
+			return nil
+		}
+	}
+	if m := next(); len(m.Customers) != 1 {
+		t.Fatalf("first load: %+v", m.Customers)
+	}
+	write(head + "  - {id: globex, stripe_customer_id: cus_G}\n")
+	if m := next(); len(m.Customers) != 2 {
+		t.Fatalf("after adding globex: %+v", m.Customers)
+	}
+	write(head + "  - {id: nobody, stripe_customer_id: cus_N}\n") // not in the catalogue
+	write(head + "  - {id: globex, stripe_customer_id: cus_G2, colour: red}\n")
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case m := <-applied:
+		t.Fatalf("an invalid mapping was applied: %+v", m.Customers)
+	default:
+	}
+	write(head + "  - {id: globex, stripe_customer_id: cus_G3}\n")
+	if m := next(); len(m.Customers) != 2 || m.Customers[1].StripeCustomerID != "cus_G3" {
+		t.Fatalf("after fixing the file: %+v", m.Customers)
 	}
 }
