@@ -774,3 +774,37 @@ FROM numbers(1000000)`, store.P("c", cust))
 		t.Fatal(err)
 	}
 }
+
+// TestExportCutsBusyMinutesIntoSeconds: a minute with more rows than a
+// slice is read second by second, so a burst does not make one huge read.
+func TestExportCutsBusyMinutesIntoSeconds(t *testing.T) {
+	db := engine.Require(t)
+	cust := testenv.Unique("burst")
+	start := time.Now().UTC().Add(-time.Hour).Truncate(time.Minute)
+	insertEvents(t, db, cust, cust+"-k", 500, start, 100*time.Millisecond) // 500 rows in 50 s
+	ex, err := Plan(ctxT(t), db, Subject{CustomerID: cust}, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events TablePlan
+	for _, tp := range ex.Tables {
+		if tp.Table.Name == "events" {
+			events = tp
+		}
+	}
+	if events.Rows != 500 || len(events.slices) < 500/30 {
+		t.Fatalf("planned %d rows in %d slices", events.Rows, len(events.slices))
+	}
+	for i, sl := range events.slices {
+		if sl.rows > 30 {
+			t.Errorf("slice %d holds %d rows", i, sl.rows)
+		}
+		if i > 0 && !sl.lo.Equal(events.slices[i-1].hi) {
+			t.Errorf("slice %d starts at %s, the previous ends at %s", i, sl.lo, events.slices[i-1].hi)
+		}
+	}
+	per, _, _ := exportNDJSON(t, db, Subject{CustomerID: cust}, 30)
+	if per["events"] != 500 {
+		t.Fatalf("exported %d events", per["events"])
+	}
+}
