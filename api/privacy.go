@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,7 +114,8 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		detail["error"] = err.Error()
 	}
-	if aerr := p.Service.Audit(r.Context(), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
+	// Audited even when the client went away mid-export.
+	if aerr := p.Service.Audit(context.WithoutCancel(r.Context()), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
 		p.Log.Error("privacy export: audit failed", "err", aerr)
 	}
 	if err != nil {
