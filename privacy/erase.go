@@ -480,19 +480,28 @@ func (s *Service) eraseTable(ctx context.Context, t Table, e *Erasure) (uint64, 
 	if err != nil || n == 0 {
 		return 0, err
 	}
-	switch t.Class {
-	case Pseudonymise:
+	action := "deleted"
+	if t.Class == Pseudonymise {
+		action = "pseudonymised"
 		err = s.db.Exec(ctx, "ALTER TABLE "+quoteIdent(t.Name)+" UPDATE customer_id = {pseudonym:String} WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2",
 			c, store.P("pseudonym", e.Pseudonym))
-		e.Pseudonymised[t.Name] += n
-		s.deleted.WithLabelValues(t.Name, "pseudonymised").Add(float64(n))
-	default:
+	} else {
 		err = s.db.Exec(ctx, "ALTER TABLE "+quoteIdent(t.Name)+" DELETE WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2", c)
-		e.Removed[t.Name] += n
-		s.deleted.WithLabelValues(t.Name, "deleted").Add(float64(n))
 	}
 	if err != nil {
 		return n, fmt.Errorf("%s: %w", t.Name, err)
+	}
+	if t.Class == Pseudonymise {
+		e.Pseudonymised[t.Name] += n
+	} else {
+		e.Removed[t.Name] += n
+	}
+	s.deleted.WithLabelValues(t.Name, action).Add(float64(n))
+	// Record progress: a process killed later in the erasure is followed by
+	// one that resumes with these counts, so the final report still says
+	// what this pass removed.
+	if err := s.save(ctx, e); err != nil {
+		return n, err
 	}
 	s.log.Info("erasure: table done", "erasure", e.ID, "table", t.Name, "class", t.Class, "rows", n)
 	return n, nil

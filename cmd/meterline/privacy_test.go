@@ -238,3 +238,102 @@ limits:
 		t.Fatalf("other customer has %s raw rows, want 35", rows[0])
 	}
 }
+
+// getErasure reads one erasure through the API.
+func getErasure(t *testing.T, addr, id string) (map[string]any, error) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/v1/privacy/erasures/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+e2eAdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var e map[string]any
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("GET erasure: %s", resp.Status)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&e)
+	return e, err
+}
+
+// TestPrivacyErasureSurvivesKill: the serving process is SIGKILLed in the
+// middle of an erasure (after its first deletion pass, while it waits for
+// the sinks to see the request); the restarted process finishes it, and the
+// final report still counts the rows the first process removed.
+func TestPrivacyErasureSurvivesKill(t *testing.T) {
+	testenv.Require(t, testenv.EnvChdb)
+	brokers := testenv.KafkaBrokers(t)
+	topic := testenv.Unique("e2e-erase-kill")
+	cfgPath, addr := writeConfig(t, strings.Join(brokers, ","), topic, "privacy:\n  erased_refresh: 5s\n")
+	subject, other := testenv.Unique("subject"), testenv.Unique("other")
+	p, _ := start(t, cfgPath, addr)
+	postEvents(t, addr, append(customerEvents("s", subject, 40), customerEvents("o", other, 10)...))
+	testenv.Eventually(t, time.Minute, func() error {
+		if n, err := metric(addr, "meterline_sink_events_stored_total"); err != nil || n < 50 {
+			return fmt.Errorf("stored %v (%v)", n, err)
+		}
+		return nil
+	})
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/privacy/erasures", strings.NewReader(`{"customer_id":"`+subject+`"}`))
+	req.Header.Set("Authorization", "Bearer "+e2eAdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ ID string }
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || created.ID == "" {
+		t.Fatalf("erasure request: %s", resp.Status)
+	}
+	// Wait for the first pass to have removed the raw events (the request
+	// records its progress), then kill the process mid-erasure.
+	testenv.Eventually(t, time.Minute, func() error {
+		e, err := getErasure(t, addr, created.ID)
+		if err != nil {
+			return err
+		}
+		if e["status"] != "running" {
+			if e["status"] == "done" {
+				t.Fatalf("the erasure finished before it could be interrupted: %v", e)
+			}
+			return fmt.Errorf("status %v", e["status"])
+		}
+		removed, _ := e["removed"].(map[string]any)
+		if removed["events"] == nil {
+			return fmt.Errorf("raw events not removed yet: %v", removed)
+		}
+		return nil
+	})
+	p.kill()
+
+	p, _ = start(t, cfgPath, addr)
+	var final map[string]any
+	testenv.Eventually(t, time.Minute, func() error {
+		e, err := getErasure(t, addr, created.ID)
+		if err != nil {
+			return err
+		}
+		if e["status"] != "done" {
+			return fmt.Errorf("status %v after the restart", e["status"])
+		}
+		final = e
+		return nil
+	})
+	removed, _ := final["removed"].(map[string]any)
+	if removed["events"] != float64(40) {
+		t.Fatalf("final report after the kill: removed %v, want 40 raw events counted", removed)
+	}
+	stopGracefully(t, p)
+	if rows := sqlRows(t, cfgPath, "SELECT count() FROM events WHERE customer_id = '"+subject+"'"); rows[0] != "0" {
+		t.Fatalf("erased customer has %s raw rows", rows[0])
+	}
+	if rows := sqlRows(t, cfgPath, "SELECT count() FROM events FINAL WHERE customer_id = '"+other+"'"); rows[0] != "10" {
+		t.Fatalf("other customer has %s raw rows, want 10", rows[0])
+	}
+	if rows := sqlRows(t, cfgPath, "SELECT groupArray(action) FROM (SELECT action FROM privacy_audit WHERE erasure_id = '"+created.ID+"' ORDER BY at)"); !strings.Contains(rows[0], "erasure_done") || strings.Count(rows[0], "erasure_started") != 2 {
+		t.Fatalf("audit trail: %s", rows[0])
+	}
+}
