@@ -357,7 +357,8 @@ func TestErasedCustomerNotRecreatedByRedelivery(t *testing.T) {
 	if err := ingest.EnsureTopics(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
+		Transport: &kafka.Transport{}} // its own metadata cache: the default one may not know a new topic yet
 	defer w.Close()
 	if err := w.WriteMessages(ctx, goneMsgs...); err != nil {
 		t.Fatal(err)
@@ -806,5 +807,120 @@ func TestExportCutsBusyMinutesIntoSeconds(t *testing.T) {
 	per, _, _ := exportNDJSON(t, db, Subject{CustomerID: cust}, 30)
 	if per["events"] != 500 {
 		t.Fatalf("exported %d events", per["events"])
+	}
+}
+
+// TestEraseWhileEventsFlow erases a customer while its events and another
+// customer's keep flowing through Kafka into the sink and an aggregator
+// keeps rolling them up: once the erasure is done nothing of the customer
+// is left or comes back, and every event of the other customer is stored
+// and counted once.
+func TestEraseWhileEventsFlow(t *testing.T) {
+	db := engine.Require(t)
+	brokers := testenv.KafkaBrokers(t)
+	ctx := ctxT(t)
+	gone, other := testenv.Unique("flow-gone"), testenv.Unique("flow-other")
+	k := ingest.KafkaConfig{Brokers: brokers, Topic: testenv.Unique("events"), Partitions: 3}.WithDefaults()
+	if err := ingest.EnsureTopics(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
+		Transport: &kafka.Transport{}} // its own metadata cache: the default one may not know a new topic yet
+	defer w.Close()
+	cfg := Config{ErasedRefresh: 200 * time.Millisecond, ErasureCheckInterval: time.Hour}
+	reg := prometheus.NewRegistry()
+	bl := NewBlocklist(cfg, db, reg, testenv.Log())
+	stopSink := runSink(t, k, db, bl, reg)
+	runCtx, stopAll := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = bl.Run(runCtx) }()
+	agg := aggregate.NewAggregator(aggregate.Config{Interval: 150 * time.Millisecond, Settle: time.Millisecond}, db, nil, testenv.Log())
+	go func() { defer wg.Done(); _ = agg.Run(runCtx) }()
+
+	// Producer: batches of 20 events per customer every 20 ms.
+	var otherSent atomic.Int64
+	stopProducing := make(chan struct{})
+	produced := make(chan error, 1)
+	go func() {
+		now := time.Now().UTC()
+		for batch := 0; ; batch++ {
+			select {
+			case <-stopProducing:
+				produced <- nil
+				return
+			default:
+			}
+			var msgs []kafka.Message
+			for i := 0; i < 20; i++ {
+				for _, c := range []string{gone, other} {
+					ev := schemas.Event{ID: fmt.Sprintf("%s-%d-%d", c, batch, i), Time: now.Add(-time.Duration(i) * time.Second),
+						APIKeyID: c + "-key", CustomerID: c, Method: "GET", Route: "/r", Status: 200, Units: 1}
+					b, _ := json.Marshal(ev)
+					msgs = append(msgs, kafka.Message{Key: []byte(ev.APIKeyID), Value: b})
+				}
+			}
+			if err := w.WriteMessages(ctx, msgs...); err != nil {
+				produced <- err
+				return
+			}
+			otherSent.Add(20)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	testenv.Eventually(t, time.Minute, func() error {
+		select {
+		case err := <-produced:
+			t.Fatalf("producer stopped: %v", err)
+		default:
+		}
+		if n := count(t, db, "SELECT count() FROM usage_minute FINAL WHERE customer_id = {c:String}", store.P("c", gone)); n == 0 {
+			stored := count(t, db, "SELECT count() FROM events WHERE customer_id = {c:String}", store.P("c", gone))
+			return fmt.Errorf("no rollups of the customer yet (%d raw events stored, %d of the other customer's sent)", stored, otherSent.Load())
+		}
+		return nil
+	})
+	svc := NewService(cfg, db, nil, testenv.Log())
+	req, err := svc.Request(ctx, Request{CustomerID: gone, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := svc.Execute(ctx, req.ID)
+	if err != nil || e.Status != StatusDone || e.Removed["events"] == 0 {
+		t.Fatalf("erasure while events flow: %+v %v", e, err)
+	}
+	// Keep the flow going a little past the erasure, then drain.
+	time.Sleep(time.Second)
+	close(stopProducing)
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(otherSent.Load())
+	testenv.Eventually(t, time.Minute, func() error {
+		if n := count(t, db, "SELECT count() FROM events FINAL WHERE customer_id = {c:String}", store.P("c", other)); n != want {
+			return fmt.Errorf("%d of the other customer's %d events stored", n, want)
+		}
+		if n := count(t, db, "SELECT sum(requests) FROM usage_minute FINAL WHERE customer_id = {c:String}", store.P("c", other)); n != want {
+			return fmt.Errorf("other customer's rollups count %d of %d", n, want)
+		}
+		return nil
+	})
+	stopAll()
+	wg.Wait()
+	if err := stopSink(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agg.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	left, err := Remaining(ctx, db, gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum(left) != 0 {
+		t.Fatalf("rows of the erased customer after the flow: %v", left)
+	}
+	if v := metricValue(t, reg, "meterline_sink_erased_events_dropped_total"); v == 0 {
+		t.Fatal("the sink dropped none of the erased customer's events that kept arriving")
 	}
 }
