@@ -28,8 +28,7 @@ type LimitLooker interface {
 func NewLimitsHandler(v LimitLooker, tokens *auth.Tokens) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
-			w.Header().Set("Allow", http.MethodGet)
-			httpx.WriteError(w, http.StatusMethodNotAllowed, "use GET")
+			httpx.MethodNotAllowed(w, http.MethodGet)
 			return
 		}
 		p, ok := httpx.Authenticate(w, r, tokens, auth.ScopeIngest, auth.ScopeAdmin, auth.ScopeFinance, auth.ScopeCustomer)

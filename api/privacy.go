@@ -43,14 +43,9 @@ func (p *Privacy) Register(mux *http.ServeMux) {
 	mux.HandleFunc("/v1/privacy/erasures/{id}", p.erasure)
 }
 
-func methodNotAllowed(w http.ResponseWriter, allow ...string) {
-	w.Header().Set("Allow", strings.Join(allow, ", "))
-	httpx.WriteError(w, http.StatusMethodNotAllowed, "use "+strings.Join(allow, " or "))
-}
-
 func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
-		methodNotAllowed(w, http.MethodGet)
+		httpx.MethodNotAllowed(w, http.MethodGet)
 		return
 	}
 	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)
@@ -147,7 +142,7 @@ func (p *Privacy) erasures(w http.ResponseWriter, r *http.Request) {
 		p.list(w, r)
 		return
 	default:
-		methodNotAllowed(w, http.MethodGet, http.MethodPost)
+		httpx.MethodNotAllowed(w, http.MethodGet, http.MethodPost)
 		return
 	}
 	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)
@@ -224,7 +219,7 @@ func (p *Privacy) list(w http.ResponseWriter, r *http.Request) {
 
 func (p *Privacy) erasure(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodDelete {
-		methodNotAllowed(w, http.MethodGet, http.MethodDelete)
+		httpx.MethodNotAllowed(w, http.MethodGet, http.MethodDelete)
 		return
 	}
 	who, ok := httpx.Authenticate(w, r, p.Tokens, auth.ScopeAdmin)

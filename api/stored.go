@@ -33,8 +33,7 @@ LIMIT {limit:UInt32}`
 func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
-			w.Header().Set("Allow", http.MethodGet)
-			httpx.WriteError(w, http.StatusMethodNotAllowed, "use GET")
+			httpx.MethodNotAllowed(w, http.MethodGet)
 			return
 		}
 		if _, ok := httpx.Authenticate(w, r, tokens, auth.ScopeAdmin); !ok {

@@ -69,8 +69,7 @@ type Latency struct {
 func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet {
-			w.Header().Set("Allow", http.MethodGet)
-			httpx.WriteError(w, http.StatusMethodNotAllowed, "use GET")
+			httpx.MethodNotAllowed(w, http.MethodGet)
 			return
 		}
 		p, ok := httpx.Authenticate(w, req, tokens, auth.ScopeAdmin, auth.ScopeFinance, auth.ScopeCustomer)

@@ -164,14 +164,7 @@ func (s *Service) save(ctx context.Context, e *Erasure) error {
 		now = e.UpdatedAt.Add(time.Millisecond)
 	}
 	e.UpdatedAt = now
-	err := s.db.Exec(ctx, `INSERT INTO privacy_erasures
-(id, customer_id, kind, requested_by, reason, requested_at, not_before, status, started_at, finished_at,
- removed, pseudonymised, pseudonym, error, updated_at)
-SELECT {id:String}, {customer_id:String}, {kind:String}, {requested_by:String}, {reason:String},
- {requested_at:DateTime64(3, 'UTC')}, {not_before:DateTime64(3, 'UTC')}, {status:String},
- {started_at:DateTime64(3, 'UTC')}, {finished_at:DateTime64(3, 'UTC')},
- JSONExtract({removed:String}, 'Map(String, UInt64)'), JSONExtract({pseudonymised:String}, 'Map(String, UInt64)'),
- {pseudonym:String}, {error:String}, {updated_at:DateTime64(3, 'UTC')}`,
+	err := s.db.Exec(ctx, saveErasureSQL,
 		store.P("id", e.ID), store.P("customer_id", e.CustomerID), store.P("kind", e.Kind),
 		store.P("requested_by", e.RequestedBy), store.P("reason", e.Reason),
 		store.P("requested_at", e.RequestedAt), store.P("not_before", e.NotBefore), store.P("status", e.Status),
@@ -190,9 +183,7 @@ func (s *Service) Audit(ctx context.Context, actor, action, customerID, apiKeyID
 	if err != nil {
 		return err
 	}
-	err = s.db.Exec(ctx, `INSERT INTO privacy_audit (at, actor, action, customer_id, api_key_id, erasure_id, detail)
-SELECT {at:DateTime64(3, 'UTC')}, {actor:String}, {action:String}, {customer_id:String}, {api_key_id:String},
- {erasure_id:String}, {detail:String}`,
+	err = s.db.Exec(ctx, auditSQL,
 		store.P("at", s.now().UTC()), store.P("actor", actor), store.P("action", action), store.P("customer_id", customerID),
 		store.P("api_key_id", apiKeyID), store.P("erasure_id", erasureID), store.P("detail", string(d)))
 	if err != nil {
@@ -225,9 +216,6 @@ func (s *Service) Request(ctx context.Context, r Request) (Erasure, error) {
 	return e, nil
 }
 
-const erasureColumns = `id, customer_id, kind, requested_by, reason, requested_at, not_before, status, started_at,
- finished_at, toJSONString(removed), toJSONString(pseudonymised), pseudonym, error, updated_at`
-
 func scanErasure(rows store.Rows) (Erasure, error) {
 	var e Erasure
 	var started, finished time.Time
@@ -257,7 +245,7 @@ func scanErasure(rows store.Rows) (Erasure, error) {
 }
 
 func (s *Service) query(ctx context.Context, filter string, params ...store.Param) ([]Erasure, error) {
-	rows, err := s.db.Query(ctx, "SELECT "+erasureColumns+" FROM privacy_erasures FINAL WHERE "+filter+
+	rows, err := s.db.Query(ctx, selectErasuresSQL+filter+
 		" ORDER BY requested_at DESC, id LIMIT 1000", params...)
 	if err != nil {
 		return nil, fmt.Errorf("privacy: reading erasures: %w", err)
@@ -476,17 +464,17 @@ func (s *Service) erase(ctx context.Context, e *Erasure, start time.Time) error 
 // how many it found.
 func (s *Service) eraseTable(ctx context.Context, t Table, e *Erasure) (uint64, error) {
 	c := store.P("customer_id", e.CustomerID)
-	n, err := countPhysical(ctx, s.db, t.Name, e.CustomerID)
+	n, err := countPhysical(ctx, s.db, t, e.CustomerID)
 	if err != nil || n == 0 {
 		return 0, err
 	}
 	action := "deleted"
 	if t.Class == Pseudonymise {
 		action = "pseudonymised"
-		err = s.db.Exec(ctx, "ALTER TABLE "+quoteIdent(t.Name)+" UPDATE customer_id = {pseudonym:String} WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2",
+		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" UPDATE customer_id = {pseudonym:String} WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2",
 			c, store.P("pseudonym", e.Pseudonym))
 	} else {
-		err = s.db.Exec(ctx, "ALTER TABLE "+quoteIdent(t.Name)+" DELETE WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2", c)
+		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" DELETE WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2", c)
 	}
 	if err != nil {
 		return n, fmt.Errorf("%s: %w", t.Name, err)
@@ -509,20 +497,9 @@ func (s *Service) eraseTable(ctx context.Context, t Table, e *Erasure) (uint64, 
 
 // countPhysical counts stored rows of a customer, duplicates and replaced
 // versions included: every copy is personal data to remove.
-func countPhysical(ctx context.Context, db store.Conn, table, customerID string) (uint64, error) {
-	rows, err := db.Query(ctx, "SELECT count() FROM "+quoteIdent(table)+" WHERE customer_id = {customer_id:String}",
+func countPhysical(ctx context.Context, db store.Conn, t Table, customerID string) (uint64, error) {
+	return countQuery(ctx, db, t, "SELECT count() FROM "+t.ident+" WHERE customer_id = {customer_id:String}",
 		store.P("customer_id", customerID))
-	if err != nil {
-		return 0, fmt.Errorf("privacy: counting %s: %w", table, err)
-	}
-	defer rows.Close()
-	var n uint64
-	if rows.Next() {
-		if err := rows.Scan(&n); err != nil {
-			return 0, err
-		}
-	}
-	return n, rows.Err()
 }
 
 // Remaining counts, per table of class Delete, the rows a customer still
@@ -537,7 +514,7 @@ func Remaining(ctx context.Context, db store.Conn, customerID string) (map[strin
 		if t.Class != Delete {
 			continue
 		}
-		if out[t.Name], err = countPhysical(ctx, db, t.Name, customerID); err != nil {
+		if out[t.Name], err = countPhysical(ctx, db, t, customerID); err != nil {
 			return nil, err
 		}
 	}
@@ -547,8 +524,7 @@ func Remaining(ctx context.Context, db store.Conn, customerID string) (map[strin
 // ErasedCustomers returns the customers with an erasure running, done or
 // failed: the sink drops their events.
 func ErasedCustomers(ctx context.Context, db store.Conn) (map[string]struct{}, error) {
-	rows, err := db.Query(ctx, `SELECT DISTINCT customer_id FROM privacy_erasures FINAL
-WHERE status IN ('running', 'done', 'failed')`)
+	rows, err := db.Query(ctx, erasedCustomersSQL)
 	if err != nil {
 		return nil, fmt.Errorf("privacy: reading erased customers: %w", err)
 	}

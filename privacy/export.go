@@ -187,9 +187,9 @@ func where(t Table, s Subject) (string, []store.Param) {
 
 func from(t Table) string {
 	if t.Final {
-		return quoteIdent(t.Name) + " FINAL"
+		return t.ident + " FINAL"
 	}
-	return quoteIdent(t.Name)
+	return t.ident
 }
 
 // timeRange adds [lo, hi) of the time column to a filter.
@@ -197,7 +197,7 @@ func timeRange(t Table, filter string, params []store.Param, lo, hi time.Time) (
 	if hi.IsZero() {
 		return filter, params
 	}
-	tc := quoteIdent(t.TimeColumn)
+	tc := t.timeIdent
 	filter += " AND " + tc + " >= {lo:DateTime64(3, 'UTC')} AND " + tc + " < {hi:DateTime64(3, 'UTC')}"
 	return filter, append(params, store.P("lo", lo), store.P("hi", hi))
 }
@@ -205,7 +205,12 @@ func timeRange(t Table, filter string, params []store.Param, lo, hi time.Time) (
 func countRows(ctx context.Context, db store.Conn, t Table, s Subject, lo, hi time.Time) (uint64, error) {
 	filter, params := where(t, s)
 	filter, params = timeRange(t, filter, params, lo, hi)
-	rows, err := db.Query(ctx, "SELECT count() FROM "+from(t)+" WHERE "+filter, params...)
+	return countQuery(ctx, db, t, "SELECT count() FROM "+from(t)+" WHERE "+filter, params...)
+}
+
+// countQuery runs a SELECT count() over table t.
+func countQuery(ctx context.Context, db store.Conn, t Table, q string, params ...store.Param) (uint64, error) {
+	rows, err := db.Query(ctx, q, params...)
 	if err != nil {
 		return 0, fmt.Errorf("privacy: counting %s: %w", t.Name, err)
 	}
@@ -232,7 +237,7 @@ func histogram(ctx context.Context, db store.Conn, t Table, s Subject, level int
 	filter, params := where(t, s)
 	filter, params = timeRange(t, filter, params, lo, hi)
 	lv := histogramLevels[level]
-	q := "SELECT " + lv.expr + "(toDateTime(" + quoteIdent(t.TimeColumn) + ", 'UTC')) AS b, count() FROM " + from(t) +
+	q := "SELECT " + lv.expr + "(toDateTime(" + t.timeIdent + ", 'UTC')) AS b, count() FROM " + from(t) +
 		" WHERE " + filter + " GROUP BY b ORDER BY b"
 	rows, err := db.Query(ctx, q, params...)
 	if err != nil {
@@ -303,22 +308,16 @@ func planSlices(ctx context.Context, db store.Conn, t Table, s Subject, sliceRow
 
 // selectList formats each row as one string in ClickHouse's own encoding
 // (JSONEachRow or CSV), so values keep their exact types and escaping.
-// Aggregate states are finalised: a column named x_state is exported as x.
-func selectList(t Table, format string) (string, []string) {
+// Aggregate states are finalised under their ExportName.
+func selectList(t Table, format string) string {
 	exprs := make([]string, len(t.Columns))
-	names := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
-		names[i] = c.Name
-		exprs[i] = quoteIdent(c.Name)
+		exprs[i] = c.ident
 		if c.Aggregate() {
-			names[i] = strings.TrimSuffix(c.Name, "_state")
-			if names[i] == c.Name {
-				names[i] += "_value"
-			}
-			exprs[i] = "finalizeAggregation(" + quoteIdent(c.Name) + ") AS " + quoteIdent(names[i])
+			exprs[i] = "finalizeAggregation(" + c.ident + ") AS " + c.exportIdent
 		}
 	}
-	return "formatRowNoNewline('" + format + "', " + strings.Join(exprs, ", ") + ")", names
+	return "formatRowNoNewline('" + format + "', " + strings.Join(exprs, ", ") + ")"
 }
 
 // exportSettings make the rows readable and exact: RFC 3339 times, numbers
@@ -328,12 +327,12 @@ const exportSettings = ` SETTINGS date_time_output_format = 'iso', output_format
 
 // readSlice calls emit for every row of one slice, in time order.
 func (e *Export) readSlice(ctx context.Context, t Table, sl slice, format string, emit func(string) error) (uint64, error) {
-	sel, _ := selectList(t, format)
+	sel := selectList(t, format)
 	filter, params := where(t, e.Subject)
 	filter, params = timeRange(t, filter, params, sl.lo, sl.hi)
 	q := "SELECT " + sel + " FROM " + from(t) + " WHERE " + filter
 	if t.TimeColumn != "" {
-		q += " ORDER BY " + quoteIdent(t.TimeColumn)
+		q += " ORDER BY " + t.timeIdent
 	}
 	q += exportSettings
 	rows, err := e.db.Query(ctx, q, params...)
@@ -452,8 +451,7 @@ func (e *Export) writeZip(ctx context.Context, w io.Writer, res *Result, progres
 		if err != nil {
 			return err
 		}
-		_, names := selectList(tp.Table, "CSV")
-		_, err = io.WriteString(cur, csvHeader(names))
+		_, err = io.WriteString(cur, csvHeader(tp.Table.Columns))
 		return err
 	}, func(row string) error {
 		_, err := io.WriteString(cur, row+"\n")
@@ -492,11 +490,12 @@ func zipJSON(zw *zip.Writer, name string, v any, mod time.Time) error {
 	return enc.Encode(v)
 }
 
-// csvHeader quotes column names as RFC 4180 requires.
-func csvHeader(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+// csvHeader is the header line of a table's CSV: the export names, quoted
+// as RFC 4180 requires.
+func csvHeader(cols []Column) string {
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = `"` + strings.ReplaceAll(c.ExportName, `"`, `""`) + `"`
 	}
 	return strings.Join(q, ",") + "\n"
 }

@@ -141,10 +141,10 @@ func insertAccounting(t testing.TB, db store.Conn, customer string) []string {
 		cols, vals := []string{"customer_id"}, []string{"{c:String}"}
 		for _, c := range tb.Columns {
 			if strings.HasPrefix(c.Type, "DateTime") {
-				cols, vals = append(cols, quoteIdent(c.Name)), append(vals, "now64(3)")
+				cols, vals = append(cols, c.ident), append(vals, "now64(3)")
 			}
 		}
-		if err := db.Exec(context.Background(), "INSERT INTO "+quoteIdent(tb.Name)+" ("+strings.Join(cols, ", ")+") SELECT "+strings.Join(vals, ", "), store.P("c", customer)); err != nil {
+		if err := db.Exec(context.Background(), "INSERT INTO "+tb.ident+" ("+strings.Join(cols, ", ")+") SELECT "+strings.Join(vals, ", "), store.P("c", customer)); err != nil {
 			t.Fatal(err)
 		}
 		names = append(names, tb.Name)

@@ -58,12 +58,20 @@ type Table struct {
 	// Columns are the table's columns in order; AggregateFunction columns
 	// are marked, because an export finalises them.
 	Columns []Column
+
+	// ident and timeIdent are Name and TimeColumn quoted for SQL.
+	ident, timeIdent string
 }
 
 // Column is one column of a Table.
 type Column struct {
 	Name string
 	Type string
+	// ExportName is the column's name in exports: a state column x_state is
+	// exported finalised as x.
+	ExportName string
+
+	ident, exportIdent string // Name and ExportName quoted for SQL
 }
 
 // Aggregate tells whether the column holds an aggregate function state.
@@ -72,14 +80,7 @@ func (c Column) Aggregate() bool { return strings.HasPrefix(c.Type, "AggregateFu
 // Tables returns every table of the current database that has a
 // customer_id column, in name order.
 func Tables(ctx context.Context, db store.Conn) ([]Table, error) {
-	rows, err := db.Query(ctx, `
-SELECT c.table, c.name, c.type, t.engine
-FROM system.columns AS c
-INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table
-WHERE c.database = currentDatabase()
-  AND c.table IN (SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'customer_id')
-  AND t.engine LIKE '%MergeTree'
-ORDER BY c.table, c.position`)
+	rows, err := db.Query(ctx, tablesSQL)
 	if err != nil {
 		return nil, fmt.Errorf("privacy: listing tables: %w", err)
 	}
@@ -98,15 +99,32 @@ ORDER BY c.table, c.position`)
 				class = Delete
 			}
 			t = &Table{Name: table, Class: class, Final: strings.HasPrefix(engine, "Replacing")}
+			if t.ident, err = store.QuoteName(table); err != nil {
+				return nil, fmt.Errorf("privacy: %w", err)
+			}
 			byName[table] = t
 			names = append(names, table)
 		}
-		t.Columns = append(t.Columns, Column{Name: col, Type: typ})
+		c := Column{Name: col, Type: typ, ExportName: col}
+		if c.Aggregate() {
+			c.ExportName = strings.TrimSuffix(col, "_state")
+			if c.ExportName == col {
+				c.ExportName += "_value"
+			}
+		}
+		var err error
+		if c.ident, err = store.QuoteName(col); err == nil {
+			c.exportIdent, err = store.QuoteName(c.ExportName)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("privacy: table %s: %w", table, err)
+		}
+		t.Columns = append(t.Columns, c)
 		if col == "api_key_id" {
 			t.HasAPIKey = true
 		}
 		if t.TimeColumn == "" && strings.HasPrefix(typ, "DateTime") {
-			t.TimeColumn = col
+			t.TimeColumn, t.timeIdent = col, c.ident
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -118,9 +136,4 @@ ORDER BY c.table, c.position`)
 		out[i] = *byName[n]
 	}
 	return out, nil
-}
-
-// quoteIdent quotes a table or column name read from system tables.
-func quoteIdent(s string) string {
-	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
 }

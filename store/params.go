@@ -189,6 +189,11 @@ func quoteName(name string) (string, error) {
 	return "`" + identReplacer.Replace(name) + "`", nil
 }
 
+// QuoteName quotes one identifier (a table or column name) for SQL that
+// names tables or columns only known at run time: backquoted and escaped,
+// so a name is never parsed as SQL. Empty names and NUL bytes are errors.
+func QuoteName(name string) (string, error) { return quoteName(name) }
+
 // quoteTable renders "table" or "database.table" with each part quoted.
 func quoteTable(name string) (string, error) {
 	db, table, ok := strings.Cut(name, ".")

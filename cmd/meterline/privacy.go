@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,9 +108,7 @@ type remoteFlags struct {
 	url, token string
 }
 
-func (r *remoteFlags) register(fs interface {
-	StringVar(*string, string, string, string)
-}) {
+func (r *remoteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.url, "url", os.Getenv("METERLINE_URL"), "go through the API of the server at this `base URL` (env METERLINE_URL) instead of opening the engine")
 	fs.StringVar(&r.token, "token", "", "admin API `token` for --url (env METERLINE_TOKEN)")
 }

@@ -28,6 +28,12 @@ func WriteError(w http.ResponseWriter, code int, msg string) {
 	_ = json.NewEncoder(w).Encode(ErrorBody{Error: msg})
 }
 
+// MethodNotAllowed answers 405 with the Allow header listing allow.
+func MethodNotAllowed(w http.ResponseWriter, allow ...string) {
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	WriteError(w, http.StatusMethodNotAllowed, "use "+strings.Join(allow, " or "))
+}
+
 // WriteJSON writes v as a 200 JSON answer.
 func WriteJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
