@@ -84,12 +84,13 @@ func (p *pipeline) produce(t *testing.T, evs []testEvent) {
 func (p *pipeline) drain(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, func() error {
-		lag, err := testenv.GroupLag(p.brokers, p.group, p.topic)
+		c := &kafka.Client{Addr: kafka.TCP(p.brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+		lag, err := ingest.GroupLag(context.Background(), c, p.group, p.topic)
 		if err != nil {
 			return err
 		}
-		if lag != 0 {
-			return fmt.Errorf("sink lag %d", lag)
+		if n := ingest.TotalLag(lag); n != 0 {
+			return fmt.Errorf("sink lag %d", n)
 		}
 		return nil
 	})

@@ -43,6 +43,10 @@ type SinkConfig struct {
 	// ShutdownTimeout bounds the final flush when the process is asked to stop.
 	// Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// LagInterval is how often the consumer group's lag (end offsets minus
+	// committed offsets) is measured for meterline_sink_consumer_lag_messages.
+	// Default 15s.
+	LagInterval time.Duration `yaml:"lag_interval"`
 }
 
 // WithDefaults fills unset fields with their defaults.
@@ -68,6 +72,9 @@ func (c SinkConfig) WithDefaults() SinkConfig {
 	if c.SessionTimeout == 0 {
 		c.SessionTimeout = 30 * time.Second
 	}
+	if c.LagInterval == 0 {
+		c.LagInterval = 15 * time.Second
+	}
 	return c
 }
 
@@ -88,6 +95,9 @@ func (c SinkConfig) Validate() error {
 	}
 	if c.ShutdownTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("sink.shutdown_timeout: %s is shorter than 1s", c.ShutdownTimeout))
+	}
+	if c.LagInterval < 100*time.Millisecond || c.LagInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("sink.lag_interval: %s is out of range 100ms-1h", c.LagInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -169,7 +179,7 @@ type sinkMetrics struct {
 	batchEvents    prometheus.Histogram
 	insertDuration prometheus.Histogram
 	retries        *prometheus.CounterVec
-	lag            prometheus.Gauge
+	lag            *prometheus.GaugeVec
 	lastFlush      prometheus.Gauge
 	unknownKeys    prometheus.Counter
 	erasedDropped  prometheus.Counter
@@ -245,10 +255,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 			Name: "meterline_sink_retries_total",
 			Help: "Failed attempts that were retried, by operation (fetch, insert, dead_letter, commit).",
 		}, []string{"operation"}),
-		lag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "meterline_sink_consumer_lag_messages",
-			Help: "Messages in the events topic not yet read by this sink (from the last fetch).",
-		}),
+		lag: newLagGauge(),
 		lastFlush: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meterline_sink_last_flush_timestamp_seconds",
 			Help: "Unix time of the last batch committed to Kafka after a successful insert.",
@@ -276,6 +283,10 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		_ = s.dlq.Close()
 	}()
+	lctx, stopLag := context.WithCancel(ctx)
+	lagDone := make(chan struct{})
+	go func() { defer close(lagDone); s.watchLag(lctx, s.cfg.LagInterval) }()
+	defer func() { stopLag(); <-lagDone }()
 	s.log.Info("sink started", "topic", s.kcfg.Topic, "group", s.cfg.GroupID, "batch_size", s.cfg.BatchSize, "flush_interval", s.cfg.FlushInterval)
 	batch := make([]kafka.Message, 0, s.cfg.BatchSize)
 	var batchStart time.Time
@@ -322,7 +333,6 @@ func (s *Sink) Run(ctx context.Context) error {
 				return s.shutdown(ctx, batch, nil)
 			}
 		}
-		s.m.lag.Set(float64(s.reader.Stats().Lag))
 	}
 }
 

@@ -151,50 +151,6 @@ func Eventually(t testing.TB, timeout time.Duration, f func() error) {
 	}
 }
 
-// GroupLag returns how many messages of topic the consumer group has not
-// committed yet (end offset minus committed offset, summed over partitions).
-func GroupLag(brokers []string, group, topic string) (int64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: &kafka.Transport{}}
-	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return 0, err
-	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return 0, fmt.Errorf("topic %s: %v", topic, md.Topics)
-	}
-	var parts []int
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	ends, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return 0, err
-	}
-	committed, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
-	if err != nil {
-		return 0, err
-	}
-	if committed.Error != nil {
-		return 0, committed.Error
-	}
-	done := map[int]int64{}
-	for _, p := range committed.Topics[topic] {
-		done[p.Partition] = max(p.CommittedOffset, 0)
-	}
-	var lag int64
-	for _, p := range ends.Topics[topic] {
-		if p.Error != nil {
-			return 0, p.Error
-		}
-		lag += p.LastOffset - done[p.Partition]
-	}
-	return lag, nil
-}
-
 // SyncBuffer is a bytes.Buffer safe for concurrent writers, for logs that a
 // test reads while a process or a goroutine writes them.
 type SyncBuffer struct {
