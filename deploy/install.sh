@@ -4,7 +4,11 @@
 #   kafka        Apache Kafka broker jars (KRaft, no ZooKeeper)
 #   chdb         libchdb.so, the embedded ClickHouse engine
 #   stripe-mock  Stripe's API validator, for billing tests
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock]...   (default: all)
+# and, only when named, from Debian's packages (apt-get, as root or via sudo):
+#   gateway      nginx with the Lua module and lua-nginx-kafka, for the
+#                example gateway in deploy/nginx and its test
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|gateway]...
+#        (default: kafka chdb stripe-mock)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +46,43 @@ install_stripe_mock() {
 	GOBIN="$(dirname "$STRIPE_MOCK_BIN")" go install "github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION"
 }
 
+# What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
+# (Debian 12's nginx-light is nginx plus the echo module; nginx is enough.)
+GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka)
+GATEWAY_FILES=(
+	/usr/lib/nginx/modules/ndk_http_module.so
+	/usr/lib/nginx/modules/ngx_http_lua_module.so
+	/usr/share/lua/5.1/nginx/kafka/producer.lua
+)
+
+gateway_missing() {
+	PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || return 0
+	local f
+	for f in "${GATEWAY_FILES[@]}"; do [[ -f "$f" ]] || return 0; done
+	return 1
+}
+
+install_gateway() {
+	if ! gateway_missing; then return; fi
+	command -v apt-get >/dev/null || die "the gateway needs Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07) by hand"
+	local sudo=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || die "installing ${GATEWAY_PACKAGES[*]} needs root: run 'apt-get install ${GATEWAY_PACKAGES[*]}' as root"
+		sudo=(sudo)
+	fi
+	log "installing ${GATEWAY_PACKAGES[*]} with apt-get (Debian also starts its nginx service; the gateway and its test run their own)"
+	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+	if ! "${apt[@]}" install -y --no-install-recommends "${GATEWAY_PACKAGES[@]}"; then
+		log "apt-get install failed; updating the package lists and trying again"
+		"${apt[@]}" update || die "apt-get update failed: cannot install ${GATEWAY_PACKAGES[*]}"
+		"${apt[@]}" install -y --no-install-recommends "${GATEWAY_PACKAGES[@]}" ||
+			die "apt-get could not install ${GATEWAY_PACKAGES[*]}"
+	fi
+	if gateway_missing; then
+		die "${GATEWAY_PACKAGES[*]} are installed, yet nginx or one of ${GATEWAY_FILES[*]} is missing"
+	fi
+}
+
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock)
 for p in "${parts[@]}"; do
@@ -49,6 +90,7 @@ for p in "${parts[@]}"; do
 	kafka) install_kafka ;;
 	chdb) install_chdb ;;
 	stripe-mock) install_stripe_mock ;;
-	*) die "unknown part '$p' (want kafka, chdb or stripe-mock)" ;;
+	gateway) install_gateway ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock or gateway)" ;;
 	esac
 done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: installs what is missing, starts the shared servers once (a
+# `make test`: installs what is missing (deploy/install.sh, and its gateway
+# part: nginx for the gateway test), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
@@ -11,6 +12,16 @@ cd "$REPO_DIR"
 
 "$DEPLOY_DIR/install.sh"
 export CHDB_LIB_PATH="$CHDB_LIB"
+# The nginx gateway test needs Debian's nginx, Lua module and Lua Kafka
+# producer: without them (no apt-get, no root) it is skipped, except in CI.
+if "$DEPLOY_DIR/install.sh" gateway; then
+	export METERLINE_TEST_NGINX
+	METERLINE_TEST_NGINX="$(PATH="$PATH:/usr/sbin:/sbin" command -v nginx)"
+elif [[ -n "${CI:-}" ]]; then
+	die "the gateway packages are required in CI"
+else
+	log "warning: the gateway packages could not be installed; the nginx gateway test will be skipped"
+fi
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/meterline-test.XXXXXX")"
 cleanup() {
