@@ -17,6 +17,9 @@ var engine testenv.Engine
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if os.Getenv(leaseChildEnv) != "" {
+		os.Exit(runLeaseChild()) // a lease member in its own process, for TestLeaseFailsOverAfterKill
+	}
 	os.Exit(testenv.RunWithEngine(m, "ingest", &engine))
 }
 

@@ -344,6 +344,14 @@ func (a *alerter) deliver(al *alert) string {
 		case <-a.ctx.Done():
 			return ""
 		}
+		if !a.v.sending() {
+			// Another process sends alerts now; it finds this one
+			// undelivered in alert_deliveries and carries on.
+			<-a.posts
+			a.v.log.Info("usage alert handed over: this process no longer holds the alert lease",
+				"customer_id", al.event.CustomerID, "delivery_id", al.event.DeliveryID)
+			return ""
+		}
 		start := time.Now()
 		res := a.post(al)
 		<-a.posts

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -473,5 +474,84 @@ func TestCleanText(t *testing.T) {
 	got := cleanText("HTTP 500: \x00bad\nline\xff" + strings.Repeat("é", 400))
 	if len(got) > maxErrorBytes || strings.ContainsAny(got, "\x00\n") || !strings.HasPrefix(got, "HTTP 500:  bad line\uFFFD") {
 		t.Fatalf("cleanText = %q", got)
+	}
+}
+
+// gate is an AlertGate a test flips by hand.
+type gate struct{ held atomic.Bool }
+
+func (g *gate) Held() bool { return g.held.Load() }
+
+// TestAlertGateOneSenderAndHandover: two processes (Views) serve limits
+// over the same tables; only the one whose gate is held sends. When the
+// gate moves while a delivery is being retried, the first stops before its
+// next attempt and the second finishes the delivery, numbering its attempts
+// after the recorded ones: one delivery in all.
+func TestAlertGateOneSenderAndHandover(t *testing.T) {
+	db := requireDB(t)
+	ga, gb := &gate{}, &gate{}
+	ga.held.Store(true)
+	rc := newReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) int {
+		switch n {
+		case 0:
+			return http.StatusServiceUnavailable
+		case 1:
+			// The lease moves while the first process retries.
+			ga.held.Store(false)
+			gb.held.Store(true)
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	cust := testenv.Unique("gated")
+	reg := NewRegistry(alertCatalogue(t, map[string]string{cust: rc.srv.URL}))
+	cfg := alertConfig()
+	cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 100*time.Millisecond
+	a := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
+	a.SetAlertGate(ga)
+	b := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
+	b.SetAlertGate(gb)
+	if sa, sb := testutil.ToFloat64(a.m.sender), testutil.ToFloat64(b.m.sender); sa != 1 || sb != 0 {
+		t.Fatalf("meterline_alerts_sender = %v and %v, want 1 for the holder and 0 for the other", sa, sb)
+	}
+	refresh(t, a)
+	refresh(t, b)
+	rc.waitRequests(2)                 // a's first two attempts, refused
+	time.Sleep(300 * time.Millisecond) // a's next attempt would be due by now
+	for range 3 {
+		refresh(t, a) // a no longer sends, whatever it sees
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		refresh(t, b)
+		if rows := deliveryRows(t, db, cust); len(rows) == 0 || rows[len(rows)-1].outcome != "delivered" {
+			return fmt.Errorf("not delivered yet: %+v", rows)
+		}
+		return nil
+	})
+	a.Close()
+	b.Close()
+
+	got := rc.requests()
+	delivered := 0
+	for _, r := range got {
+		if r.deliveryID != got[0].deliveryID {
+			t.Errorf("two alerts: %s and %s", got[0].deliveryID, r.deliveryID)
+		}
+	}
+	rows := deliveryRows(t, db, cust)
+	for i, r := range rows {
+		if r.attempt != int64(i+1) {
+			t.Errorf("attempt numbers %+v: want 1, 2, ... in order", rows)
+			break
+		}
+		if r.outcome == "delivered" {
+			delivered++
+		}
+	}
+	if delivered != 1 || len(rows) != len(got) {
+		t.Fatalf("%d requests, recorded %+v: want exactly one delivered and a row per request", len(got), rows)
+	}
+	if testutil.ToFloat64(a.m.deliveries.WithLabelValues("delivered")) != 0 || testutil.ToFloat64(b.m.deliveries.WithLabelValues("delivered")) != 1 {
+		t.Fatal("the delivery was not made by the process holding the gate")
 	}
 }

@@ -57,16 +57,36 @@ type Config struct {
 	// recorded as failed. The defaults give about 6 to 12 hours of
 	// retries, enough to ride out a receiver's outage. Default 20.
 	MaxAttempts int `yaml:"max_attempts"`
-	// DisableAlerts turns alert evaluation off in this process. With
-	// several processes serving limits, keep alerts on in one of them:
-	// two evaluators can both send an alert before either records it.
+	// DisableAlerts turns alert evaluation off in this process.
 	DisableAlerts bool `yaml:"disable_alerts"`
+	// AlertSender chooses which of the processes serving limits send
+	// alerts: "lease" (default) elects one through a Kafka consumer group
+	// (topic <kafka.topic>.leases), so several query processes never both send
+	// an alert before either records it, and another takes over within
+	// AlertLeaseTimeout when the sender dies; "always" sends from this
+	// process without asking, for a single process without Kafka.
+	AlertSender string `yaml:"alert_sender"`
+	// AlertLeaseTimeout is how long a dead sender keeps the lease before
+	// another process takes over. Default 10s.
+	AlertLeaseTimeout time.Duration `yaml:"alert_lease_timeout"`
 }
+
+// Alert senders (Config.AlertSender).
+const (
+	AlertSenderLease  = "lease"
+	AlertSenderAlways = "always"
+)
 
 // WithDefaults fills unset fields with their defaults.
 func (c Config) WithDefaults() Config {
 	if c.Refresh == 0 {
 		c.Refresh = 5 * time.Second
+	}
+	if c.AlertSender == "" {
+		c.AlertSender = AlertSenderLease
+	}
+	if c.AlertLeaseTimeout == 0 {
+		c.AlertLeaseTimeout = 10 * time.Second
 	}
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = time.Minute
@@ -112,6 +132,13 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAttempts < 1 || c.MaxAttempts > 1000 {
 		errs = append(errs, fmt.Errorf("limits.max_attempts: %d is out of range 1-1000", c.MaxAttempts))
+	}
+	if c.AlertSender != AlertSenderLease && c.AlertSender != AlertSenderAlways {
+		errs = append(errs, fmt.Errorf("limits.alert_sender: %q is neither %q nor %q", c.AlertSender, AlertSenderLease, AlertSenderAlways))
+	}
+	if c.AlertLeaseTimeout < 6*time.Second || c.AlertLeaseTimeout > 5*time.Minute {
+		// Kafka's group.min.session.timeout.ms is 6s by default.
+		errs = append(errs, fmt.Errorf("limits.alert_lease_timeout: %s is out of range 6s-5m", c.AlertLeaseTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -179,12 +206,35 @@ type View struct {
 	m    viewMetrics
 
 	alerts *alerter // nil when alerts are off
+	gate   AlertGate
 }
+
+// AlertGate says whether this process may send usage alerts now. With
+// several processes serving limits, a gate that only one of them passes at
+// a time (ingest.Lease) keeps two processes from both sending an alert
+// before either has recorded it.
+type AlertGate interface {
+	Held() bool
+}
+
+// SetAlertGate makes the View evaluate and send alerts only while g is
+// held; a delivery in progress stops before its next attempt once g is
+// lost, and the holder that follows picks it up from alert_deliveries.
+// Call it before Run.
+func (v *View) SetAlertGate(g AlertGate) { v.gate = g }
+
+// AlertsOn reports whether this View evaluates alerts at all (a secret, a
+// database and alerts not disabled).
+func (v *View) AlertsOn() bool { return v.alerts != nil }
+
+// sending reports whether alerts may go out from this process now.
+func (v *View) sending() bool { return v.gate == nil || v.gate.Held() }
 
 type viewMetrics struct {
 	refreshDuration prometheus.Histogram
 	refreshErrors   prometheus.Counter
 	deliveries      *prometheus.CounterVec
+	sender          prometheus.GaugeFunc
 }
 
 // NewView wires a View. It does no I/O; Lookup answers ErrStale until the
@@ -214,6 +264,15 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 			Help: "Usage alert delivery attempts, by outcome (delivered, retrying, failed).",
 		}, []string{"outcome"}),
 	}
+	v.m.sender = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meterline_alerts_sender",
+		Help: "1 while this process evaluates and sends usage alerts (alerts on and, with several processes, the alert lease held), else 0.",
+	}, func() float64 {
+		if v.alerts != nil && v.sending() {
+			return 1
+		}
+		return 0
+	})
 	for _, o := range []string{outcomeDelivered, outcomeRetrying, outcomeFailed} {
 		v.m.deliveries.WithLabelValues(o)
 	}
@@ -228,7 +287,7 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 			}
 			return v.now().Sub(s.asOf).Seconds()
 		})
-		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness)
+		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness, v.m.sender)
 		// The registry may be shared with the sink, which may have
 		// registered it already.
 		if err := prom.Register(reg); err != nil {
@@ -345,7 +404,7 @@ func (v *View) Refresh(ctx context.Context) error {
 	}
 	v.snap.Store(s)
 	v.m.refreshDuration.Observe(time.Since(start).Seconds())
-	if v.alerts != nil {
+	if v.alerts != nil && v.sending() {
 		if err := v.alerts.evaluate(ctx, s); err != nil {
 			v.m.refreshErrors.Inc()
 			return fmt.Errorf("limits: alerts: %w", err)

@@ -215,7 +215,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var wg sync.WaitGroup
-	runErr := make(chan error, 4)
+	runErr := make(chan error, 32) // more than the goroutines that may fail, so none blocks on it
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	goRun := func(name string, run func(context.Context) error) {
@@ -270,6 +270,12 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		querier := aggregate.NewQuerier(db)
 		view := limits.NewView(cfg.Limits, registry, querier, db, reg, log.With("role", roleQuery))
 		defer view.Close()
+		if view.AlertsOn() && cfg.Limits.AlertSender == limits.AlertSenderLease {
+			// One sender among the query processes, elected through Kafka.
+			lease := ingest.NewLease(ingest.LeaseConfig{SessionTimeout: cfg.Limits.AlertLeaseTimeout}, cfg.Kafka, "alerts", log.With("role", roleQuery))
+			view.SetAlertGate(lease)
+			goRun("alert lease", lease.Run)
+		}
 		goRun("limits view", view.Run)
 		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
