@@ -1,12 +1,19 @@
 package aggregate_test
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/meterline/meterline/aggregate"
+	"github.com/meterline/meterline/api"
+	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/internal/testenv"
 	"github.com/meterline/meterline/store"
 )
@@ -44,10 +51,20 @@ FROM numbers({n:UInt64})`
 
 // BenchmarkUsage30DaysHourly loads 10 million raw events (about 30 s),
 // rolls them up with one full tick (reported as tick-s; about 2 minutes on
-// 2 cores), waits for the engine's background merges, and measures Usage
-// for one customer over 30 days by hour: p50-ms and p99-ms over the
-// iterations. It is a benchmark only (never part of a test run) and is
-// skipped with -short. Run:
+// 2 cores), waits for the engine's background merges, and measures usage of
+// one customer over 30 days by hour three ways in the same run, one request
+// at a time, b.N times each:
+//
+//   - floor-*: the same customer's hour rows summed per hour without FINAL
+//     and without merging the latency and IP states: what reading the rows
+//     costs, and the baseline of the ratios;
+//   - p50-ms, p99-ms: Querier.Usage, the exact answer (FINAL, states merged,
+//     the open edge from finer rollups and raw events);
+//   - http-*: GET /v1/usage through a real HTTP server on loopback, JSON
+//     encoding and token check included: what a dashboard sees.
+//
+// It is a benchmark only (never part of a test run) and is skipped with
+// -short. Run:
 //
 //	go test ./aggregate -run '^$' -bench BenchmarkUsage30DaysHourly -benchtime 300x
 func BenchmarkUsage30DaysHourly(b *testing.B) {
@@ -78,15 +95,42 @@ func BenchmarkUsage30DaysHourly(b *testing.B) {
 	})
 	b.Logf("background merges settled after %s", time.Since(t1))
 
+	customer := prefix + "-c7"
 	q := aggregate.NewQuerier(db)
 	now := time.Now().UTC()
-	uq := aggregate.UsageQuery{CustomerID: prefix + "-c7", From: t0.Add(-30*24*time.Hour - time.Minute), To: now, Window: aggregate.WindowHour}
-	var durations []time.Duration
+	uq := aggregate.UsageQuery{CustomerID: customer, From: t0.Add(-30*24*time.Hour - time.Minute), To: now, Window: aggregate.WindowHour}
+	tk, err := auth.New([]auth.TokenConfig{{Name: "finance", SHA256: auth.Hash("bench-finance"), Scopes: []string{"finance"}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(api.NewUsageHandler(q, tk))
+	defer srv.Close()
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/v1/usage?"+url.Values{
+		"customer_id": {customer}, "window": {"hour"},
+		"from": {uq.From.Format(time.RFC3339Nano)}, "to": {uq.To.Format(time.RFC3339Nano)},
+	}.Encode(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer bench-finance")
+	floorSQL := `SELECT toStartOfHour(window_start) AS h, sum(requests) FROM usage_hour
+WHERE customer_id = {c:String} AND window_start >= {from:DateTime('UTC')} AND window_start < {to:DateTime('UTC')}
+GROUP BY h ORDER BY h`
+
+	var floor, exact, overHTTP []time.Duration
 	var requests uint64
+	var bodyBytes int64
 	for b.Loop() {
 		start := time.Now()
+		hours, err := scanFloor(ctx, db, floorSQL, store.P("c", customer), store.P("from", uq.From.Truncate(time.Second)), store.P("to", uq.To.Truncate(time.Second)))
+		floor = append(floor, time.Since(start))
+		if err != nil || hours < 24*30 {
+			b.Fatalf("the floor query found %d hours: %v", hours, err)
+		}
+
+		start = time.Now()
 		rows, err := q.Usage(ctx, uq)
-		durations = append(durations, time.Since(start))
+		exact = append(exact, time.Since(start))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -94,16 +138,55 @@ func BenchmarkUsage30DaysHourly(b *testing.B) {
 		for _, r := range rows {
 			requests += r.Requests
 		}
+
+		start = time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bodyBytes, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		overHTTP = append(overHTTP, time.Since(start))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET /v1/usage: status %d, %v", resp.StatusCode, err)
+		}
 	}
 	if requests != benchEvents/50 {
 		b.Errorf("customer c7 has %d requests, want %d", requests, benchEvents/50)
 	}
-	slices.Sort(durations)
-	pct := func(p float64) float64 {
-		return float64(durations[int(p*float64(len(durations)-1))].Microseconds()) / 1000
+	pct := func(d []time.Duration, p float64) float64 {
+		slices.Sort(d)
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
 	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	b.Logf("GET /v1/usage answer: %d bytes", bodyBytes)
+	b.ReportMetric(pct(floor, 0.50), "floor-p50-ms")
+	b.ReportMetric(pct(floor, 0.99), "floor-p99-ms")
+	b.ReportMetric(pct(exact, 0.50), "p50-ms")
+	b.ReportMetric(pct(exact, 0.99), "p99-ms")
+	b.ReportMetric(pct(overHTTP, 0.50), "http-p50-ms")
+	b.ReportMetric(pct(overHTTP, 0.99), "http-p99-ms")
+	b.ReportMetric(pct(overHTTP, 0.50)/pct(floor, 0.50), "http/floor-p50")
 	b.ReportMetric(st.Duration.Seconds(), "tick-s")
 	b.ReportMetric(load.Seconds(), "load-s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// scanFloor runs the floor query of BenchmarkUsage30DaysHourly and reads
+// every row, as Usage does.
+func scanFloor(ctx context.Context, db store.Conn, sql string, params ...store.Param) (int, error) {
+	rows, err := db.Query(ctx, sql, params...)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var h time.Time
+		var r uint64
+		if err := rows.Scan(&h, &r); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, rows.Err()
 }
