@@ -31,16 +31,16 @@ import (
 // heartbeat fails. Work guarded by a lease should therefore still be
 // idempotent or carry an id the receiver can deduplicate.
 type Lease struct {
-	cfg   LeaseConfig
-	kcfg  KafkaConfig
-	name  string
-	log   *slog.Logger
-	held  atomic.Bool
+	cfg  LeaseConfig
+	kcfg KafkaConfig
+	name string
+	log  *slog.Logger
+	held atomic.Bool
 	// lastHeld: this member held the lease in the generation that just
 	// ended; it asks for it again when it rejoins (stickyLease).
 	lastHeld atomic.Bool
 	ready    chan struct{} // closed after the first election result
-	state atomic.Int32  // 0 never elected, 1 elected at least once
+	state    atomic.Int32  // 0 never elected, 1 elected at least once
 }
 
 // LeaseConfig tunes a Lease. Zero values take the defaults.
