@@ -271,21 +271,7 @@ func idSet(evs []testEvent) map[string]bool {
 // countRows runs a query that returns one count.
 func countRows(t testing.TB, db store.Conn, sql string, params ...store.Param) uint64 {
 	t.Helper()
-	rows, err := db.Query(testCtx(t), sql, params...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var n uint64
-	for rows.Next() {
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testenv.Count(t, db, sql, params...)
 }
 
 // TestReplacedEventLeavesItsOldGroup re-sends an event (same customer, key,

@@ -360,21 +360,7 @@ func storedGatewayEvents(t *testing.T, db store.Conn, prefix string) []storedGat
 // queryUint64 runs a query returning one number for the keys starting with prefix.
 func queryUint64(t *testing.T, db store.Conn, sql, prefix string) uint64 {
 	t.Helper()
-	rows, err := db.Query(context.Background(), sql, store.P("p", prefix))
-	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	defer rows.Close()
-	var n uint64
-	for rows.Next() {
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testenv.Count(t, db, sql, store.P("p", prefix))
 }
 
 // waitGatewayStored waits until want events are stored (FINAL) for the keys

@@ -65,21 +65,7 @@ func insertEvents(t testing.TB, db store.Conn, customer, key string, n int, star
 
 func count(t testing.TB, db store.Conn, q string, params ...store.Param) uint64 {
 	t.Helper()
-	rows, err := db.Query(context.Background(), q, params...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var n uint64
-	if rows.Next() {
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testenv.Count(t, db, q, params...)
 }
 
 // snapshot is a customer's figures in every table, to compare before and
