@@ -3,8 +3,10 @@ package ingest
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -191,6 +193,13 @@ func EnsureTopics(ctx context.Context, c KafkaConfig) error {
 	}
 	defer tr.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: tr, Timeout: 10 * time.Second}
+	// Connect with a metadata request first: when the connection fails
+	// (TLS, SASL), kafka-go answers requests routed to a broker, such as
+	// CreateTopics, with a bare "Broker Not Available" and only metadata
+	// requests return the real cause.
+	if _, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.Topic, c.DeadLetterTopic}}); err != nil {
+		return fmt.Errorf("connecting to Kafka at %s: %w", strings.Join(c.Brokers, ","), c.explain(err))
+	}
 	if c.CreateTopics == nil || *c.CreateTopics {
 		req := &kafka.CreateTopicsRequest{}
 		for _, t := range []string{c.Topic, c.DeadLetterTopic} {
@@ -285,7 +294,7 @@ func Ping(ctx context.Context, c KafkaConfig) error {
 	client := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: tr, Timeout: 3 * time.Second}
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.Topic}})
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	for _, t := range md.Topics {
 		if t.Error != nil {
@@ -293,4 +302,61 @@ func Ping(ctx context.Context, c KafkaConfig) error {
 		}
 	}
 	return nil
+}
+
+// SecurityError is a failure to connect that is due to the TLS or SASL
+// settings (or the broker's listener): retrying does not help.
+type SecurityError struct {
+	// Hint says what to check, in the configuration's terms.
+	Hint string
+	Err  error
+}
+
+func (e *SecurityError) Error() string { return e.Hint + ": " + e.Err.Error() }
+func (e *SecurityError) Unwrap() error { return e.Err }
+
+// IsSecurityError reports whether err is a TLS or SASL failure.
+func IsSecurityError(err error) bool {
+	var se *SecurityError
+	return errors.As(err, &se)
+}
+
+// explain wraps a connection error that is certainly due to the TLS or SASL
+// settings in a SecurityError that names the settings to check, adds a hint
+// to the ambiguous ones (a closed connection), and passes the others as they are.
+func (c KafkaConfig) explain(err error) error {
+	if err == nil || IsSecurityError(err) {
+		return err
+	}
+	mech := strings.ToUpper(c.SASL.Mechanism)
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		recHdr   tls.RecordHeaderError
+	)
+	var hint string
+	switch {
+	case errors.Is(err, kafka.SASLAuthenticationFailed):
+		hint = fmt.Sprintf("SASL authentication failed for user %q with mechanism %s (check kafka.sasl.username and kafka.sasl.password)", c.SASL.Username, mech)
+	case errors.Is(err, kafka.UnsupportedSASLMechanism):
+		hint = fmt.Sprintf("the broker does not accept SASL mechanism %s on this listener (check kafka.sasl.mechanism)", mech)
+	case errors.Is(err, kafka.IllegalSASLState):
+		hint = "SASL handshake failed (check kafka.sasl)"
+	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		hint = "TLS: the broker's certificate is not trusted (check kafka.tls.ca_file and kafka.tls.server_name)"
+	case errors.As(err, &recHdr):
+		hint = "TLS: the broker does not speak TLS on this port (kafka.tls.enabled is true; check the port or the listener)"
+	case errors.Is(err, io.ErrUnexpectedEOF) && !c.TLS.Enabled && strings.Contains(err.Error(), "expecting TLS"):
+		hint = "the broker expects TLS on this port (set kafka.tls.enabled)"
+	case errors.Is(err, io.ErrUnexpectedEOF) && c.SASL.Mechanism == "":
+		// Also what a broker going down looks like: a hint, not a SecurityError.
+		return fmt.Errorf("the broker closed the connection; if it persists, its listener may require SASL (check kafka.sasl): %w", err)
+	case errors.Is(err, io.EOF) && c.TLS.Enabled:
+		return fmt.Errorf("the broker closed the connection; if it persists, it may not speak TLS on this port (check kafka.tls and the port): %w", err)
+	default:
+		return err
+	}
+	return &SecurityError{Hint: hint, Err: err}
 }

@@ -66,6 +66,13 @@ type node struct {
 // directory and HTTP port.
 func writeConfig(t *testing.T, brokers, topic, extra string) (path, addr string) {
 	t.Helper()
+	return writeConfigKafka(t, brokers, topic, "", extra)
+}
+
+// writeConfigKafka is writeConfig with more lines in the kafka section
+// (kafkaExtra, indented by two spaces, e.g. tls and sasl).
+func writeConfigKafka(t *testing.T, brokers, topic, kafkaExtra, extra string) (path, addr string) {
+	t.Helper()
 	dir := t.TempDir()
 	addr = "127.0.0.1:" + testenv.FreePort(t)
 	cfg := fmt.Sprintf(`http:
@@ -74,7 +81,7 @@ kafka:
   brokers: [%s]
   topic: %s
   partitions: 3
-clickhouse:
+%sclickhouse:
   data_dir: %s
 collector:
   produce_timeout: 3s
@@ -93,7 +100,7 @@ auth:
     - name: e2e-admin
       sha256: %s
       scopes: [admin]
-%s`, addr, brokers, topic, filepath.Join(dir, "ch"), topic, auth.Hash(e2eIngestToken), auth.Hash(e2eAdminToken), extra)
+%s`, addr, brokers, topic, kafkaExtra, filepath.Join(dir, "ch"), topic, auth.Hash(e2eIngestToken), auth.Hash(e2eAdminToken), extra)
 	path = filepath.Join(dir, "meterline.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -387,6 +387,10 @@ func ensureTopics(ctx context.Context, k ingest.KafkaConfig, log *slog.Logger) e
 		if err == nil {
 			return nil
 		}
+		if ingest.IsSecurityError(err) {
+			// Wrong credentials or an untrusted certificate: retrying cannot help.
+			return fmt.Errorf("kafka: %w", err)
+		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			return fmt.Errorf("kafka not reachable at %s (is the broker running? `make run` starts one): %w", strings.Join(k.Brokers, ","), err)
 		}

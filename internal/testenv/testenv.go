@@ -93,16 +93,60 @@ type Broker struct {
 // it at the end of the test.
 func StartBroker(t testing.TB) *Broker {
 	t.Helper()
+	return startBroker(t)
+}
+
+// startBroker runs deploy/kafka.sh start in a fresh directory with extra
+// flags, and stops the broker at the end of the test.
+func startBroker(t testing.TB, extra ...string) *Broker {
+	t.Helper()
 	Require(t, EnvKafka) // the jars are installed when the shared broker is
 	b := &Broker{dir: t.TempDir(), port: FreePort(t), t: t}
 	cport := FreePort(t)
-	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), "start", "--dir", b.dir, "--port", b.port, "--controller-port", cport).CombinedOutput()
+	args := append([]string{"start", "--dir", b.dir, "--port", b.port, "--controller-port", cport}, extra...)
+	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), args...).CombinedOutput()
 	if err != nil {
+		// A broker that started and failed its port check is still running.
+		b.Stop()
 		t.Fatalf("starting a dedicated broker: %v\n%s", err, out)
 	}
 	b.Addr = "127.0.0.1:" + b.port
 	t.Cleanup(b.Stop)
 	return b
+}
+
+// SecureBroker is a dedicated broker that also listens with SASL_SSL
+// (deploy/kafka.sh --secure-port): TLS with a certificate for 127.0.0.1
+// signed by a CA of its own, SASL mechanisms PLAIN and SCRAM-SHA-512.
+type SecureBroker struct {
+	*Broker
+	// SecureAddr is the SASL_SSL listener; Broker.Addr stays PLAINTEXT.
+	SecureAddr string
+	// CAFile is the PEM of the CA that signed the broker's certificate.
+	CAFile string
+	// Username and Password are valid for both mechanisms.
+	Username, Password string
+}
+
+// StartSecureBroker starts a broker of its own with a SASL_SSL listener
+// (about 8 s: the TLS files are created first) and stops it at the end of
+// the test.
+func StartSecureBroker(t testing.TB) *SecureBroker {
+	t.Helper()
+	sport := FreePort(t)
+	b := startBroker(t, "--secure-port", sport)
+	tlsDir := filepath.Join(b.dir, "tls")
+	pw, err := os.ReadFile(filepath.Join(tlsDir, "sasl-password"))
+	if err != nil {
+		t.Fatalf("secure broker: %v", err)
+	}
+	return &SecureBroker{
+		Broker:     b,
+		SecureAddr: "127.0.0.1:" + sport,
+		CAFile:     filepath.Join(tlsDir, "ca.pem"),
+		Username:   "meterline",
+		Password:   strings.TrimSpace(string(pw)),
+	}
 }
 
 // Stop stops the broker (SIGTERM, then SIGKILL after 15 s).
