@@ -420,3 +420,52 @@ func TestSinkReportsCommittedLag(t *testing.T) {
 		t.Fatalf("GroupLag = %v, %v; want 0", lag, err)
 	}
 }
+
+// TestSinkFlushesBatchInHandOnStop: a stop request (SIGTERM in serve)
+// stores and commits the batch the sink has read but not yet flushed,
+// instead of leaving it to be re-read.
+func TestSinkFlushesBatchInHandOnStop(t *testing.T) {
+	db := requireDB(t)
+	f := newSinkFixture(t)
+	key := testenv.Unique("key")
+	var values [][]byte
+	for i := 0; i < 300; i++ {
+		values = append(values, eventJSON(t, fmt.Sprintf("s-%d", i), key))
+	}
+	f.produce(t, key, values...)
+	// Neither the size (10,000) nor the time (10 minutes) would flush it.
+	s, err := NewSink(SinkConfig{GroupID: f.group, BatchSize: 10000, FlushInterval: 10 * time.Minute}, f.k, schemas.Options{}, Anonymizer{}, db, prometheus.NewRegistry(), quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var read int64
+	waitFor(t, 60*time.Second, func() error {
+		if read += s.reader.Stats().Messages; read < 300 { // Stats counts since its last call
+			return fmt.Errorf("the sink has read %d of 300 messages", read)
+		}
+		return nil
+	})
+	if _, final, _ := countStored(t, db, key); final != 0 {
+		t.Fatalf("%d events stored before the stop: the batch was not held", final)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the sink did not stop")
+	}
+	if rows, final, distinct := countStored(t, db, key); rows != 300 || final != 300 || distinct != 300 {
+		t.Fatalf("after the stop: %d rows, %d final, %d distinct; want the 300 read", rows, final, distinct)
+	}
+	c := &kafka.Client{Addr: kafka.TCP(f.k.Brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+	lag, err := GroupLag(context.Background(), c, f.group, f.k.Topic)
+	if err != nil || TotalLag(lag) != 0 {
+		t.Fatalf("committed lag after the stop: %v, %v; want 0", lag, err)
+	}
+}
