@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,8 +16,8 @@ import (
 // name, through Kafka's group membership: every process joins the consumer
 // group "<LeaseConfig.GroupPrefix><name>" on a topic of one partition
 // (named after the events topic, so deployments sharing a Kafka cluster
-// elect apart), and
-// the member the group assigns that partition to holds the lease. Nothing
+// elect apart), and the member the group assigns that partition to holds
+// the lease. Nothing
 // is ever read or committed; the group coordinator does the election, the
 // heartbeats keep it, and a holder that dies or loses the broker is
 // replaced after the session timeout.
@@ -38,9 +39,9 @@ type Lease struct {
 	held atomic.Bool
 	// lastHeld: this member held the lease in the generation that just
 	// ended; it asks for it again when it rejoins (stickyLease).
-	lastHeld atomic.Bool
-	ready    chan struct{} // closed after the first election result
-	state    atomic.Int32  // 0 never elected, 1 elected at least once
+	lastHeld  atomic.Bool
+	ready     chan struct{} // closed after the first election result
+	readyOnce sync.Once
 }
 
 // LeaseConfig tunes a Lease. Zero values take the defaults.
@@ -154,9 +155,7 @@ func (l *Lease) Run(ctx context.Context) error {
 				l.log.Info("lease released", "generation", gen.ID)
 			}
 		})
-		if l.state.CompareAndSwap(0, 1) {
-			close(l.ready)
-		}
+		l.readyOnce.Do(func() { close(l.ready) })
 		select {
 		case <-ended:
 		case <-ctx.Done():
