@@ -4,11 +4,13 @@
 #   kafka        Apache Kafka broker jars (KRaft, no ZooKeeper)
 #   chdb         libchdb.so, the embedded ClickHouse engine
 #   stripe-mock  Stripe's API validator, for billing tests
+#   schemathesis the OpenAPI fuzzer (PyPI, in a virtualenv), for the API
+#                conformance test
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
 #   gateway      nginx with the Lua module and lua-nginx-kafka, for the
 #                example gateway in deploy/nginx and its test
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|gateway]...
-#        (default: kafka chdb stripe-mock)
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|gateway]...
+#        (default: kafka chdb stripe-mock schemathesis)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -44,6 +46,18 @@ install_stripe_mock() {
 	need go "stripe-mock" golang
 	log "installing stripe-mock $STRIPE_MOCK_VERSION into $(dirname "$STRIPE_MOCK_BIN")"
 	GOBIN="$(dirname "$STRIPE_MOCK_BIN")" go install "github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION"
+}
+
+install_schemathesis() {
+	if [[ -x "$SCHEMATHESIS_BIN" ]]; then return; fi
+	need python3 "schemathesis" "python3 python3-venv"
+	local venv
+	venv="$(dirname "$(dirname "$SCHEMATHESIS_BIN")")"
+	log "installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $venv"
+	# bin/st appears last, so an interrupted install is redone from scratch.
+	python3 -m venv --clear "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+	"$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
+		{ rm -rf "$venv"; die "pip could not install schemathesis $SCHEMATHESIS_VERSION"; }
 }
 
 # What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
@@ -84,13 +98,14 @@ install_gateway() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock)
+[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis)
 for p in "${parts[@]}"; do
 	case "$p" in
 	kafka) install_kafka ;;
 	chdb) install_chdb ;;
 	stripe-mock) install_stripe_mock ;;
+	schemathesis) install_schemathesis ;;
 	gateway) install_gateway ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock or gateway)" ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis or gateway)" ;;
 	esac
 done

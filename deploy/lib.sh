@@ -15,6 +15,8 @@ STRIPE_MOCK_VERSION="${STRIPE_MOCK_VERSION:-v0.190.0}"
 KAFKA_LIBS="$METERLINE_CACHE/kafka/$KAFKA_VERSION/libs"
 CHDB_LIB="$METERLINE_CACHE/chdb/$CHDB_NPM_VERSION/libchdb.so"
 STRIPE_MOCK_BIN="$METERLINE_CACHE/stripe-mock/$STRIPE_MOCK_VERSION/stripe-mock"
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_BIN="$METERLINE_CACHE/schemathesis/$SCHEMATHESIS_VERSION/bin/st"
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

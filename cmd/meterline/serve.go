@@ -293,6 +293,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	if db != nil {
 		checks = append(checks, readyCheck{"clickhouse", db.Ping})
 	}
+	mux.Handle("/v1/openapi.yaml", api.NewOpenAPIHandler())
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
