@@ -53,6 +53,11 @@ type HTTPConfig struct {
 	ReadTimeout time.Duration `yaml:"read_timeout"`
 	// ShutdownTimeout bounds the wait for in-flight requests at stop. Default 15s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// DrainDelay is how long a stopping process keeps serving while
+	// /readyz answers 503, so that a load balancer stops sending it
+	// requests before the listener closes (a connection still queued when
+	// it closes is reset). A second signal cuts it short. Default 0.
+	DrainDelay time.Duration `yaml:"drain_delay"`
 }
 
 // LogConfig configures the structured log on stderr.
@@ -187,6 +192,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.ReadTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("http.read_timeout: %s is shorter than 1s", c.HTTP.ReadTimeout))
+	}
+	if c.HTTP.DrainDelay < 0 || c.HTTP.DrainDelay > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("http.drain_delay: %s is out of range 0-5m", c.HTTP.DrainDelay))
 	}
 	errs = append(errs, c.Kafka.Validate(), c.Privacy.Anonymizer.Validate(), c.Privacy.Config.Validate(), c.Collector.Validate(), c.Sink.Validate(),
 		c.Aggregate.Validate(), c.Limits.Validate())

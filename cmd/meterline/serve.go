@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -299,6 +300,13 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
+	var stopping atomic.Bool // set while draining: /readyz answers 503
+	checks = append([]readyCheck{{"stopping", func(context.Context) error {
+		if stopping.Load() {
+			return errors.New("the process is stopping")
+		}
+		return nil
+	}}}, checks...)
 	mux.Handle("/readyz", readyHandler(checks))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -344,6 +352,9 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")
+		if d := cfg.HTTP.DrainDelay; d > 0 {
+			drain(&stopping, d, log)
+		}
 	case result = <-runErr:
 		log.Error("stopping after a fatal error", "err", result)
 	}
@@ -433,4 +444,20 @@ func readyHandler(checks []readyCheck) http.Handler {
 // kafkaReachable answers whether the events topic's metadata can be read.
 func kafkaReachable(ctx context.Context, k ingest.KafkaConfig) error {
 	return ingest.Ping(ctx, k)
+}
+
+// drain keeps serving for d with /readyz answering 503, so that load
+// balancers take the process out before its listener closes; a second
+// SIGINT or SIGTERM ends the wait.
+func drain(stopping *atomic.Bool, d time.Duration, log *slog.Logger) {
+	stopping.Store(true)
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	log.Info("draining: /readyz answers 503 while requests are still served", "for", d)
+	select {
+	case <-time.After(d):
+	case <-again:
+		log.Info("second signal: stopping without waiting for the drain")
+	}
 }

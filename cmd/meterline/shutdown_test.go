@@ -112,3 +112,52 @@ func TestCollectorStopsGracefully(t *testing.T) {
 		t.Fatalf("%d messages in the topic for %d acknowledged events (%d answers 503)", inTopic, accepted.Load(), unavailable.Load())
 	}
 }
+
+// TestDrainDelay: with http.drain_delay, a SIGTERM first turns /readyz to
+// 503 while events are still accepted, and the process exits 0 once the
+// delay is over.
+func TestDrainDelay(t *testing.T) {
+	brokers := testenv.KafkaBrokers(t)
+	topic := testenv.Unique("drain")
+	cfgPath, addr := writeConfig(t, strings.Join(brokers, ","), topic, "")
+	t.Setenv("METERLINE_HTTP_DRAIN_DELAY", "3s") // http.drain_delay, through the environment
+	p, _ := start(t, cfgPath, addr, "--roles=collector")
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.String()
+	}
+	testenv.Eventually(t, time.Minute, func() error {
+		if code, body := get("/readyz"); code != 200 {
+			return fmt.Errorf("/readyz %d %s", code, body)
+		}
+		return nil
+	})
+	signalled := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 2*time.Second, func() error {
+		if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "stopping") {
+			return fmt.Errorf("/readyz %d %q while draining, want 503 naming the stop", code, body)
+		}
+		return nil
+	})
+	postEvents(t, addr, []map[string]any{event(testenv.Unique("drained"), "key-drain")}) // still 202
+	select {
+	case <-p.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not stop after the drain delay")
+	}
+	if took := time.Since(signalled); took < 3*time.Second {
+		t.Fatalf("serve stopped %s after SIGTERM, before the 3 s drain delay", took)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
