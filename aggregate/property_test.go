@@ -40,9 +40,8 @@ func newPipeline(t *testing.T, db store.Conn) *pipeline {
 		t.Fatal(err)
 	}
 	p := &pipeline{brokers: brokers, topic: k.Topic, group: testenv.Unique("aggregate-sink")}
-	p.writer = &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 500, Transport: &kafka.Transport{}}
-	t.Cleanup(func() { _ = p.writer.Close() })
+	p.writer = testenv.Writer(t, brokers, k.Topic)
+	p.writer.BatchSize = 500
 	sink, err := ingest.NewSink(ingest.SinkConfig{GroupID: p.group, BatchSize: 2000, FlushInterval: 200 * time.Millisecond,
 		RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond, SessionTimeout: 6 * time.Second},
 		k, schemas.Options{}, ingest.Anonymizer{}, db, prometheus.NewRegistry(), quietLog())
@@ -84,7 +83,7 @@ func (p *pipeline) produce(t *testing.T, evs []testEvent) {
 func (p *pipeline) drain(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, func() error {
-		c := &kafka.Client{Addr: kafka.TCP(p.brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+		c := testenv.KafkaClient(p.brokers)
 		lag, err := ingest.GroupLag(context.Background(), c, p.group, p.topic)
 		if err != nil {
 			return err

@@ -82,8 +82,9 @@ func (h *WebhookHandler) reject(w http.ResponseWriter, code int, msg string) {
 // ServeHTTP implements http.Handler.
 func (h *WebhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		h.reject(w, http.StatusMethodNotAllowed, "use POST")
+		h.received.WithLabelValues("rejected").Inc()
+		h.log.Warn("stripe webhook rejected", "status", http.StatusMethodNotAllowed, "err", "use POST")
+		httpx.MethodNotAllowed(w, http.MethodPost)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxWebhookBytes))

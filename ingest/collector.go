@@ -168,8 +168,8 @@ func (c *Collector) fail(w http.ResponseWriter, code int, msg string) {
 
 func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		c.fail(w, http.StatusMethodNotAllowed, "use POST")
+		c.m.requests.WithLabelValues(strconv.Itoa(http.StatusMethodNotAllowed)).Inc()
+		httpx.MethodNotAllowed(w, http.MethodPost)
 		return
 	}
 	p, err := c.tokens.Authenticate(r)

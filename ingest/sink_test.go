@@ -33,9 +33,7 @@ func newSinkFixture(t *testing.T) *sinkFixture {
 	if err := EnsureTopics(context.Background(), k); err != nil {
 		t.Fatal(err)
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
-	t.Cleanup(func() { w.Close() })
-	return &sinkFixture{k: k, writer: w, group: testenv.Unique("sink")}
+	return &sinkFixture{k: k, writer: testenv.Writer(t, brokers, k.Topic), group: testenv.Unique("sink")}
 }
 
 // produce writes raw messages as a gateway producing straight to Kafka would.
@@ -414,7 +412,7 @@ func TestSinkReportsCommittedLag(t *testing.T) {
 		}
 		return nil
 	})
-	c := &kafka.Client{Addr: kafka.TCP(f.k.Brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+	c := testenv.KafkaClient(f.k.Brokers)
 	lag, err := GroupLag(context.Background(), c, f.group, f.k.Topic)
 	if err != nil || TotalLag(lag) != 0 {
 		t.Fatalf("GroupLag = %v, %v; want 0", lag, err)
@@ -463,7 +461,7 @@ func TestSinkFlushesBatchInHandOnStop(t *testing.T) {
 	if rows, final, distinct := countStored(t, db, key); rows != 300 || final != 300 || distinct != 300 {
 		t.Fatalf("after the stop: %d rows, %d final, %d distinct; want the 300 read", rows, final, distinct)
 	}
-	c := &kafka.Client{Addr: kafka.TCP(f.k.Brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+	c := testenv.KafkaClient(f.k.Brokers)
 	lag, err := GroupLag(context.Background(), c, f.group, f.k.Topic)
 	if err != nil || TotalLag(lag) != 0 {
 		t.Fatalf("committed lag after the stop: %v, %v; want 0", lag, err)

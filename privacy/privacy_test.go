@@ -343,9 +343,7 @@ func TestErasedCustomerNotRecreatedByRedelivery(t *testing.T) {
 	if err := ingest.EnsureTopics(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
-		Transport: &kafka.Transport{}} // its own metadata cache: the default one may not know a new topic yet
-	defer w.Close()
+	w := testenv.Writer(t, brokers, k.Topic)
 	if err := w.WriteMessages(ctx, goneMsgs...); err != nil {
 		t.Fatal(err)
 	}
@@ -810,9 +808,7 @@ func TestEraseWhileEventsFlow(t *testing.T) {
 	if err := ingest.EnsureTopics(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: k.Topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
-		Transport: &kafka.Transport{}} // its own metadata cache: the default one may not know a new topic yet
-	defer w.Close()
+	w := testenv.Writer(t, brokers, k.Topic)
 	cfg := Config{ErasedRefresh: 200 * time.Millisecond, ErasureCheckInterval: time.Hour}
 	reg := prometheus.NewRegistry()
 	bl := NewBlocklist(cfg, db, reg, testenv.Log())

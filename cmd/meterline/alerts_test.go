@@ -117,7 +117,7 @@ limits:
 		}
 		return nil
 	})
-	kc := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+	kc := testenv.KafkaClient(brokers)
 	testenv.Eventually(t, time.Minute, func() error {
 		g, err := kc.DescribeGroups(context.Background(), &kafka.DescribeGroupsRequest{GroupIDs: []string{"meterline-" + topic + "-lease-alerts"}})
 		if err != nil || len(g.Groups) != 1 {

@@ -72,10 +72,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return nil, errUsage
+	if err := noArgs(fs, stderr); err != nil {
+		return nil, err
 	}
 	var errs []error
 	for _, r := range []struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -190,15 +189,6 @@ func runBilling(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "unknown billing subcommand %q\n\n%s", args[0], synopsis)
 	return errUsage
-}
-
-func noArgs(fs *flag.FlagSet, stderr io.Writer) error {
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
-	}
-	return nil
 }
 
 func runBillingRun(args []string, stdout, stderr io.Writer) error {

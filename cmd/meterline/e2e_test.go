@@ -240,8 +240,8 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 
 	// The topic is created by meterline at start; produce after the first start.
 	cmd, _ := start(t, cfgPath, addr, "--roles=sink")
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchSize: 1000, BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
-	defer w.Close()
+	w := testenv.Writer(t, brokers, topic)
+	w.BatchSize = 1000
 	// Events flow the whole time, so every kill lands while batches are
 	// being read, inserted or committed.
 	var distinct int
@@ -290,7 +290,7 @@ func TestSinkKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 120*time.Second, func() error {
-		c := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+		c := testenv.KafkaClient(brokers)
 		lag, err := ingest.GroupLag(context.Background(), c, topic+"-sink", topic)
 		if err != nil || ingest.TotalLag(lag) > 0 {
 			return fmt.Errorf("sink group not caught up: lag %v (%v)", lag, err)

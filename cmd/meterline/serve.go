@@ -146,10 +146,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
+	if err := noArgs(fs, stderr); err != nil {
+		return err
 	}
 	roles, err := parseRoles(*rolesFlag)
 	if err != nil {

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/testenv"
 )
@@ -100,7 +98,7 @@ func TestCollectorStopsGracefully(t *testing.T) {
 	if len(odd) > 0 {
 		t.Fatalf("answers other than 202 and 503 during the stop: %v", odd)
 	}
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+	c := testenv.KafkaClient(brokers)
 	lag, err := ingest.GroupLag(context.Background(), c, testenv.Unique("nobody"), topic) // a group that never committed: every message
 	if err != nil {
 		t.Fatal(err)

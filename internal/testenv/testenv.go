@@ -66,10 +66,28 @@ func Unique(prefix string) string {
 	return prefix + "-" + hex.EncodeToString(b)
 }
 
+// KafkaClient returns a kafka-go client with a transport of its own: the
+// package's shared default transport caches topic metadata and may not know
+// a topic created a moment ago (seen as "Unknown Topic Or Partition").
+func KafkaClient(brokers []string) *kafka.Client {
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}, Timeout: 10 * time.Second}
+}
+
+// Writer returns a producer for topic as a gateway producing straight to
+// Kafka would be set up (partitioned by key with murmur2, acks=all), with 1 ms
+// batches and a transport of its own (see KafkaClient); closed when the test
+// ends.
+func Writer(t testing.TB, brokers []string, topic string) *kafka.Writer {
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
+	t.Cleanup(func() { _ = w.Close() })
+	return w
+}
+
 // CreateTopic creates a topic with n partitions on the shared broker.
 func CreateTopic(t testing.TB, brokers []string, topic string, partitions int) {
 	t.Helper()
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	c := KafkaClient(brokers)
 	res, err := c.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
 		Topic: topic, NumPartitions: partitions, ReplicationFactor: 1,
 	}}})
