@@ -1,8 +1,9 @@
 // Package auth authenticates HTTP callers by bearer token and tells what each
 // token may do.
 //
-// Tokens are never stored: the configuration holds the SHA-256 of each token
-// (hex), so a leaked config file does not leak credentials. Lookup hashes the
+// Tokens are never stored: the configuration (and the tokens file, which is
+// reloaded while the server runs) holds the SHA-256 of each token (hex), so
+// a leaked config file does not leak credentials. Lookup hashes the
 // presented token and compares it with every stored hash in constant time, so
 // the time taken does not reveal which stored hash is closest.
 package auth
@@ -17,6 +18,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // Scope is one permission a token carries.
@@ -45,6 +48,9 @@ type TokenConfig struct {
 	SHA256 string `yaml:"sha256"`
 	// Scopes lists what the token may do: ingest, admin, finance, customer:<id>.
 	Scopes []string `yaml:"scopes"`
+	// Expires, when set, is the instant from which the token is refused
+	// (401 naming the expiry). Zero: the token does not expire.
+	Expires time.Time `yaml:"expires,omitempty"`
 }
 
 // Principal is an authenticated caller.
@@ -99,81 +105,150 @@ func (p Principal) Customers() []string {
 	return out
 }
 
-// Errors returned by Authenticate; the HTTP layer maps both to 401.
+// Errors returned by Authenticate; the HTTP layer maps each to 401.
 var (
 	ErrNoToken      = errors.New("missing bearer token: send 'Authorization: Bearer <token>'")
 	ErrInvalidToken = errors.New("invalid bearer token")
+	// ErrExpiredToken is wrapped with the token's name and expiry.
+	ErrExpiredToken = errors.New("bearer token expired")
 )
 
 type entry struct {
 	hash      [sha256.Size]byte
+	expires   time.Time // zero: never
 	principal Principal
 }
 
-// Tokens is an immutable set of known tokens. The zero value knows none.
-type Tokens struct {
+// tokenSet is one generation of known tokens: the configuration's inline
+// ones plus those of the tokens file.
+type tokenSet struct {
 	entries []entry
+	fileSum [sha256.Size]byte // SHA-256 of the tokens file in force, if any
+}
+
+// Tokens is the set of known tokens. The zero value knows none. The inline
+// tokens of the configuration are fixed at New; the tokens file's may be
+// replaced at any time (LoadFile, WatchFile) while requests are served.
+type Tokens struct {
+	set    atomic.Pointer[tokenSet]
+	inline []TokenConfig
+	now    func() time.Time // nil: time.Now; tests set it
 }
 
 // New validates the configured tokens and builds the set. Every problem is
 // reported, naming the entry.
 func New(cfg []TokenConfig) (*Tokens, error) {
-	var errs []error
-	t := &Tokens{}
-	seen := map[string]bool{}
-	for i, c := range cfg {
-		where := fmt.Sprintf("auth.tokens[%d]", i)
-		if c.Name != "" {
-			where += fmt.Sprintf(" (%s)", c.Name)
-		}
-		if c.Name == "" {
-			errs = append(errs, fmt.Errorf("%s: name is required", where))
-		} else if seen[c.Name] {
-			errs = append(errs, fmt.Errorf("%s: duplicate name", where))
-		}
-		seen[c.Name] = true
-		raw, err := hex.DecodeString(strings.TrimSpace(c.SHA256))
-		if err != nil || len(raw) != sha256.Size {
-			errs = append(errs, fmt.Errorf("%s: sha256 must be 64 hex characters (the SHA-256 of the token; see `meterline token new`)", where))
-		}
-		if len(c.Scopes) == 0 {
-			errs = append(errs, fmt.Errorf("%s: at least one scope is required (ingest, admin, finance, customer:<id>)", where))
-		}
-		p := Principal{Name: c.Name}
-		for _, s := range c.Scopes {
-			switch {
-			case s == string(ScopeIngest), s == string(ScopeAdmin), s == string(ScopeFinance):
-			case strings.HasPrefix(s, CustomerScopePrefix) && len(s) > len(CustomerScopePrefix):
-			default:
-				errs = append(errs, fmt.Errorf("%s: unknown scope %q (want ingest, admin, finance or customer:<id>)", where, s))
-			}
-			p.Scopes = append(p.Scopes, Scope(s))
-		}
-		var e entry
-		copy(e.hash[:], raw)
-		e.principal = p
-		t.entries = append(t.entries, e)
-	}
-	if err := errors.Join(errs...); err != nil {
+	s, err := build(cfg, nil)
+	if err != nil {
 		return nil, err
 	}
+	t := &Tokens{inline: cfg}
+	t.set.Store(s)
 	return t, nil
 }
 
-// Lookup returns the principal whose token is tok. Every stored hash is
+// build validates the inline entries and the tokens file's together: a
+// name or a hash may appear once across both.
+func build(inline, file []TokenConfig) (*tokenSet, error) {
+	var errs []error
+	s := &tokenSet{}
+	names := map[string]string{}  // name -> where it was first seen
+	hashes := map[string]string{} // hash -> where it was first seen
+	check := func(section string, cfg []TokenConfig) {
+		for i, c := range cfg {
+			at := fmt.Sprintf("%s[%d]", section, i)
+			where := at
+			if c.Name != "" {
+				where += fmt.Sprintf(" (%s)", c.Name)
+			}
+			if c.Name == "" {
+				errs = append(errs, fmt.Errorf("%s: name is required", where))
+			} else if first, dup := names[c.Name]; dup {
+				errs = append(errs, fmt.Errorf("%s: duplicate name (also %s); every token needs its own name", where, first))
+			} else {
+				names[c.Name] = at
+			}
+			sum := strings.ToLower(strings.TrimSpace(c.SHA256))
+			raw, err := hex.DecodeString(sum)
+			if err != nil || len(raw) != sha256.Size {
+				errs = append(errs, fmt.Errorf("%s: sha256 must be 64 hex characters (the SHA-256 of the token; see `meterline token new`)", where))
+			} else if first, dup := hashes[sum]; dup {
+				errs = append(errs, fmt.Errorf("%s: duplicate sha256 (the same token as %s); give each holder its own token", where, first))
+			} else {
+				hashes[sum] = where
+			}
+			if len(c.Scopes) == 0 {
+				errs = append(errs, fmt.Errorf("%s: at least one scope is required (ingest, admin, finance, customer:<id>)", where))
+			}
+			p := Principal{Name: c.Name}
+			for _, s := range c.Scopes {
+				switch {
+				case s == string(ScopeIngest), s == string(ScopeAdmin), s == string(ScopeFinance):
+				case strings.HasPrefix(s, CustomerScopePrefix) && len(s) > len(CustomerScopePrefix):
+				default:
+					errs = append(errs, fmt.Errorf("%s: unknown scope %q (want ingest, admin, finance or customer:<id>)", where, s))
+				}
+				p.Scopes = append(p.Scopes, Scope(s))
+			}
+			e := entry{expires: c.Expires, principal: p}
+			copy(e.hash[:], raw)
+			s.entries = append(s.entries, e)
+		}
+	}
+	check("auth.tokens", inline)
+	check("auth.tokens_file", file)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (t *Tokens) current() *tokenSet {
+	if t == nil {
+		return &tokenSet{}
+	}
+	if s := t.set.Load(); s != nil {
+		return s
+	}
+	return &tokenSet{}
+}
+
+func (t *Tokens) clock() time.Time {
+	if t != nil && t.now != nil {
+		return t.now()
+	}
+	return time.Now()
+}
+
+// find returns the entry whose token is tok. Every stored hash is
 // compared, in constant time, whatever matches first.
-func (t *Tokens) Lookup(tok string) (Principal, bool) {
+func (t *Tokens) find(tok string) (entry, bool) {
 	h := sha256.Sum256([]byte(tok))
+	entries := t.current().entries
 	found := -1
-	for i := range t.entries {
-		if subtle.ConstantTimeCompare(h[:], t.entries[i].hash[:]) == 1 {
+	for i := range entries {
+		if subtle.ConstantTimeCompare(h[:], entries[i].hash[:]) == 1 {
 			found = i
 		}
 	}
 	if found < 0 {
+		return entry{}, false
+	}
+	return entries[found], true
+}
+
+// Lookup returns the principal whose token is tok; an expired token is
+// not found.
+func (t *Tokens) Lookup(tok string) (Principal, bool) {
+	e, ok := t.find(tok)
+	if !ok || e.expired(t.clock()) {
 		return Principal{}, false
 	}
-	return t.entries[found].principal, true
+	return e.principal, true
+}
+
+func (e entry) expired(now time.Time) bool {
+	return !e.expires.IsZero() && !now.Before(e.expires)
 }
 
 // Authenticate reads the bearer token of r.
@@ -183,11 +258,15 @@ func (t *Tokens) Authenticate(r *http.Request) (Principal, error) {
 	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return Principal{}, ErrNoToken
 	}
-	p, ok := t.Lookup(strings.TrimSpace(tok))
+	e, ok := t.find(strings.TrimSpace(tok))
 	if !ok {
 		return Principal{}, ErrInvalidToken
 	}
-	return p, nil
+	if e.expired(t.clock()) {
+		return Principal{}, fmt.Errorf("%w: token %q expired at %s; ask its issuer for a new one",
+			ErrExpiredToken, e.principal.Name, e.expires.UTC().Format(time.RFC3339))
+	}
+	return e.principal, nil
 }
 
 // Hash returns the hex SHA-256 of a token, as the configuration stores it.
