@@ -3,7 +3,9 @@ package billing
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -17,14 +19,14 @@ const (
 type Config struct {
 	// StripeAPIKey is the secret key (sk_...) the worker reports with.
 	// Required when MappingFile is set. `meterline config` redacts it.
-	StripeAPIKey string `yaml:"stripe_api_key"`
+	StripeAPIKey string `yaml:"stripe_api_key" secret:"true"`
 	// StripeAPIURL is the API base URL; empty means Stripe
 	// (https://api.stripe.com). Development and tests point it at
 	// stripe-mock.
 	StripeAPIURL string `yaml:"stripe_api_url"`
 	// WebhookSecret is the signing secret (whsec_...) of the Stripe webhook
 	// endpoint POST /v1/stripe/webhook; empty leaves the endpoint off.
-	WebhookSecret string `yaml:"webhook_secret"`
+	WebhookSecret string `yaml:"webhook_secret" secret:"true"`
 	// MappingFile maps customers to Stripe customers and plans to meters or
 	// subscription items (see LoadMapping). Empty turns billing off.
 	MappingFile string `yaml:"mapping_file"`
@@ -111,6 +113,8 @@ func (c Config) Validate() error {
 		u, err := url.Parse(c.StripeAPIURL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 			add("billing.stripe_api_url: %q is not an http(s) base URL like https://api.stripe.com", c.StripeAPIURL)
+		} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+			add("billing.stripe_api_url: %q is plain http to another host, which would send the Stripe key in clear text; use https (http is for a loopback stripe-mock only)", c.StripeAPIURL)
 		}
 	}
 	if c.Interval < time.Second || c.Interval > 24*time.Hour {
@@ -157,4 +161,13 @@ func (c Config) rollupTable() string {
 		return "usage_day"
 	}
 	return "usage_hour"
+}
+
+// loopbackHost reports whether host (a name or an IP) is this machine.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

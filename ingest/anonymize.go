@@ -44,7 +44,7 @@ type Anonymizer struct {
 	IPv4PrefixBits int `yaml:"ipv4_prefix_bits"`
 	IPv6PrefixBits int `yaml:"ipv6_prefix_bits"`
 	// IPHashSecret keys the pseudonyms of hash mode (at least 16 bytes).
-	IPHashSecret string `yaml:"ip_hash_secret"`
+	IPHashSecret string `yaml:"ip_hash_secret" secret:"true"`
 	// IPHashRotation is how long a pseudonym stays the same: one client IP
 	// gets a new, unlinkable pseudonym every period (by event time, so a
 	// redelivered event gets the same one). Default 24h.

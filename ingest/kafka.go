@@ -49,7 +49,7 @@ type SASLConfig struct {
 	// Mechanism is "", "plain", "scram-sha-256" or "scram-sha-512". Default "" (none).
 	Mechanism string `yaml:"mechanism"`
 	Username  string `yaml:"username"`
-	Password  string `yaml:"password"`
+	Password  string `yaml:"password" secret:"true"`
 }
 
 // WithDefaults fills unset fields with their defaults.

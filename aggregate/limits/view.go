@@ -44,7 +44,7 @@ type Config struct {
 	// WebhookSecret is the HMAC-SHA256 key of alert signatures, at least 16
 	// bytes. Empty disables alerts (an unsigned alert could be forged by
 	// anyone who learns the receiver's URL), which is logged at start.
-	WebhookSecret string `yaml:"webhook_secret"`
+	WebhookSecret string `yaml:"webhook_secret" secret:"true"`
 	// WebhookTimeout bounds one delivery attempt, connection to response
 	// headers and body. Default 10s.
 	WebhookTimeout time.Duration `yaml:"webhook_timeout"`

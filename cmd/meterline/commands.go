@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -143,18 +144,51 @@ func runSQL(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
+// tokenUsage is the help of `meterline token`.
+const tokenUsage = `Usage: meterline token new --name NAME [--scopes SCOPES] [--expires WHEN]
+       meterline token hash < token.txt
+
+  new   create a random token; print it (once) and the entry to add to
+        auth.tokens_file (reloaded while serve runs) or auth.tokens
+  hash  print the SHA-256 of a token read from standard input (one line),
+        as a tokens entry stores it
+
+Rotating a token without downtime: add the new token's entry to
+auth.tokens_file beside the old one (both are valid), move the holder to
+the new token, then remove the old entry (or give it an expires time).
+Every entry needs its own name; a name or hash used twice is refused.
+`
+
 func runToken(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token new", "token new --name NAME --scopes ingest[,admin,finance,customer:ID]", stderr)
-	name := fs.String("name", "", "who holds the token (a gateway, a dashboard); required")
-	scopes := fs.String("scopes", "ingest", "comma-separated `scopes`: ingest, admin, finance, customer:<id>")
-	if len(args) == 0 || args[0] != "new" {
-		fmt.Fprintln(stderr, "Usage: meterline token new --name NAME --scopes SCOPES")
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, tokenUsage)
+		return nil
+	}
+	if len(args) == 0 || args[0] != "new" && args[0] != "hash" {
+		fmt.Fprint(stderr, tokenUsage)
 		return errUsage
 	}
+	if args[0] == "hash" {
+		return runTokenHash(args[1:], stdout, stderr)
+	}
+	fs := newFlagSet("token new", "token new --name NAME --scopes ingest[,admin,finance,customer:ID] [--expires 720h|2027-01-31T00:00:00Z]", stderr)
+	name := fs.String("name", "", "who holds the token (a gateway, a dashboard); required, unique among the tokens")
+	scopes := fs.String("scopes", "ingest", "comma-separated `scopes`: ingest, admin, finance, customer:<id>")
+	expires := fs.String("expires", "", "optional expiry: a `duration` from now (720h) or an RFC 3339 time; after it the token gets 401")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
+	if err := noArgs(fs, stderr); err != nil {
+		return err
+	}
 	entry := auth.TokenConfig{Name: *name, Scopes: splitList(*scopes)}
+	if *expires != "" {
+		at, err := parseExpiry(*expires, time.Now())
+		if err != nil {
+			return err
+		}
+		entry.Expires = at
+	}
 	tok, err := auth.NewToken()
 	if err != nil {
 		return err
@@ -163,9 +197,46 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	if _, err := auth.New([]auth.TokenConfig{entry}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "token (shown once, give it to %s): %s\n\nadd to auth.tokens in the configuration file:\n", *name, tok)
+	fmt.Fprintf(stdout, "token (shown once, give it to %s): %s\nsha256: %s\n\nadd to the tokens list of auth.tokens_file (or to auth.tokens in the configuration file):\n", *name, tok, entry.SHA256)
 	out, _ := yaml.Marshal([]auth.TokenConfig{entry})
 	_, err = stdout.Write(out)
+	return err
+}
+
+// parseExpiry reads --expires: a duration from now or an RFC 3339 time,
+// which must be in the future.
+func parseExpiry(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("--expires: %s is not in the future", s)
+		}
+		return now.Add(d).UTC().Truncate(time.Second), nil
+	}
+	at, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--expires: %q is neither a duration like 720h nor an RFC 3339 time like 2027-01-31T00:00:00Z", s)
+	}
+	if !at.After(now) {
+		return time.Time{}, fmt.Errorf("--expires: %s is not in the future", s)
+	}
+	return at.UTC(), nil
+}
+
+// runTokenHash prints the SHA-256 of the token on standard input.
+func runTokenHash(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		fmt.Fprint(stderr, tokenUsage)
+		return errUsage
+	}
+	data, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	if err != nil {
+		return err
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return errors.New("token hash: give one token on standard input")
+	}
+	_, err = fmt.Fprintf(stdout, "sha256: %s\n", auth.Hash(tok))
 	return err
 }
 
@@ -180,22 +251,7 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	shown := *cfg
-	if shown.ClickHouse.Password != "" {
-		shown.ClickHouse.Password = "<redacted>"
-	}
-	if shown.Limits.WebhookSecret != "" {
-		shown.Limits.WebhookSecret = "<redacted>"
-	}
-	if shown.Kafka.SASL.Password != "" {
-		shown.Kafka.SASL.Password = "<redacted>"
-	}
-	if shown.Billing.StripeAPIKey != "" {
-		shown.Billing.StripeAPIKey = "<redacted>"
-	}
-	if shown.Billing.WebhookSecret != "" {
-		shown.Billing.WebhookSecret = "<redacted>"
-	}
+	shown := redactSecrets(cfg)
 	out, err := yaml.Marshal(&shown)
 	if err != nil {
 		return err

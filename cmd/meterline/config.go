@@ -76,7 +76,7 @@ type ClickHouseConfig struct {
 	// Database holds Meterline's tables. Default "meterline".
 	Database string         `yaml:"database"`
 	Username string         `yaml:"username"`
-	Password string         `yaml:"password"`
+	Password string         `yaml:"password" secret:"true"`
 	TLS      tlsutil.Client `yaml:"tls"`
 	// DataDir is where the embedded engine keeps its data. Default ".run/clickhouse".
 	DataDir string `yaml:"data_dir"`
@@ -123,6 +123,11 @@ type RetentionConfig struct {
 // AuthConfig lists the API tokens (hashed).
 type AuthConfig struct {
 	Tokens []auth.TokenConfig `yaml:"tokens"`
+	// TokensFile holds more tokens (see auth.ParseTokensFile), reloaded
+	// without a restart when it changes. Default empty.
+	TokensFile string `yaml:"tokens_file"`
+	// ReloadEvery is how often TokensFile is polled. Default 10s.
+	ReloadEvery time.Duration `yaml:"reload_every"`
 }
 
 func (c *Config) applyDefaults() {
@@ -176,6 +181,9 @@ func (c *Config) applyDefaults() {
 	c.Limits = c.Limits.WithDefaults()
 	c.Collector = c.Collector.WithDefaults()
 	c.Sink = c.Sink.WithDefaults()
+	if c.Auth.ReloadEvery == 0 {
+		c.Auth.ReloadEvery = 10 * time.Second
+	}
 }
 
 // Validate reports every invalid setting at once.
@@ -229,8 +237,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("retention.ledger_months: %d is out of range 1-1200", c.Retention.LedgerMonths))
 	}
 	errs = append(errs, c.Billing.Validate())
-	if _, err := auth.New(c.Auth.Tokens); err != nil {
+	if tokens, err := auth.New(c.Auth.Tokens); err != nil {
 		errs = append(errs, err)
+	} else if c.Auth.TokensFile != "" {
+		errs = append(errs, tokens.LoadFilePath(c.Auth.TokensFile))
+	}
+	if c.Auth.ReloadEvery < 100*time.Millisecond || c.Auth.ReloadEvery > time.Hour {
+		errs = append(errs, fmt.Errorf("auth.reload_every: %s is out of range 100ms-1h", c.Auth.ReloadEvery))
 	}
 	return errors.Join(errs...)
 }
@@ -284,11 +297,18 @@ func loadConfig(path string, environ []string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
+		if data, err = resolveSecretFilesYAML(data); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
+	}
+	environ, err := resolveSecretFilesEnv(environ)
+	if err != nil {
+		return nil, err
 	}
 	if err := applyEnv(c, environ); err != nil {
 		return nil, err

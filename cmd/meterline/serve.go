@@ -25,7 +25,6 @@ import (
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/aggregate/limits"
 	"github.com/meterline/meterline/api"
-	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/httpx"
 	"github.com/meterline/meterline/privacy"
@@ -178,14 +177,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	tokens, err := auth.New(cfg.Auth.Tokens)
-	if err != nil {
-		return err
-	}
-	if len(cfg.Auth.Tokens) == 0 {
-		log.Warn("no API tokens configured: every authenticated endpoint answers 401 (see `meterline token new`)")
-	}
-
+	var err error
 	var db store.Conn
 	if has(roleSink) || has(roleAggregator) || has(roleQuery) || has(roleBilling) {
 		db, err = openStore(ctx, cfg, log)
@@ -225,6 +217,10 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 				runErr <- fmt.Errorf("%s: %w", name, err)
 			}
 		}()
+	}
+	tokens, err := openTokens(cfg, reg, log, goRun)
+	if err != nil {
+		return err
 	}
 	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery) || has(roleBilling)) {
 		goRun("catalogue watcher", func(ctx context.Context) error {
@@ -325,6 +321,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		return err
 	}
 	srv.TLSConfig = tlsCfg
+	warnPlainHTTP(log, cfg.HTTP.Addr, tlsCfg != nil)
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http: %w", err)
