@@ -410,7 +410,11 @@ func (a *alerter) post(al *alert) postResult {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Meterline-Webhooks/1")
-	req.Header.Set(HeaderSignature, Sign(a.v.cfg.WebhookSecret, time.Now(), al.body))
+	sig, err := a.v.signAlert(al.event.CustomerID, time.Now(), al.body)
+	if err != nil {
+		return postResult{err: err, errText: cleanText(err.Error())}
+	}
+	req.Header.Set(HeaderSignature, sig)
 	req.Header.Set(HeaderDelivery, al.event.DeliveryID)
 	resp, err := a.client.Do(req)
 	if err != nil {

@@ -65,6 +65,12 @@ type Customer struct {
 	// http for a loopback host only (local development and tests): alerts
 	// carry usage figures that should not cross networks in clear text.
 	AlertWebhook string `yaml:"alert_webhook"`
+	// AlertWebhookSecretsFile names a file of this customer's own signing
+	// secrets, one per line (see ReadWebhookSecrets); its alerts are then
+	// signed with them instead of limits.webhook_secret. Two lines while a
+	// secret is rotated. The file is read at every delivery. Empty: the
+	// shared secret.
+	AlertWebhookSecretsFile string `yaml:"alert_webhook_secrets_file"`
 	// Keys are the public ids of the customer's API keys. A key belongs to
 	// exactly one customer.
 	Keys []string `yaml:"keys"`
@@ -222,6 +228,11 @@ func (c *Catalogue) Validate() error {
 		if cu.AlertWebhook != "" {
 			if err := checkWebhookURL(cu.AlertWebhook); err != nil {
 				add("%s: alert_webhook: %v", name, err)
+			}
+		}
+		if cu.AlertWebhookSecretsFile != "" {
+			if _, err := ReadWebhookSecrets(cu.AlertWebhookSecretsFile); err != nil {
+				add("%s: alert_webhook_secrets_file: %v", name, err)
 			}
 		}
 		for j, k := range cu.Keys {

@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -124,4 +127,108 @@ func verifyAt(secret, header string, body []byte, tolerance time.Duration, now t
 
 func wrapSig(err error, why string) error {
 	return fmt.Errorf("%w: %s", err, why)
+}
+
+// Per-customer signing secrets.
+//
+// A customer's catalogue entry may name a file of signing secrets
+// (alert_webhook_secrets_file), one per line; blank lines and lines
+// starting with # are ignored. Its alerts are then signed with every
+// secret listed, one v1 signature each, and never with
+// limits.webhook_secret, so a customer who knows its own secret cannot
+// forge another customer's alerts. The file is read at every delivery
+// attempt: a rotation takes effect without touching the catalogue.
+//
+// Rotation with overlap: add the new secret as a second line (alerts
+// carry two v1 signatures, and a receiver holding either secret accepts
+// them), move the receiver to the new secret, then remove the old line.
+
+// Limits of a secrets file.
+const (
+	// MinWebhookSecretBytes is the shortest secret accepted.
+	MinWebhookSecretBytes = 16
+	// MaxWebhookSecrets bounds the secrets (and signatures) of one customer:
+	// two during a rotation, with room for a third.
+	MaxWebhookSecrets  = 3
+	maxSecretsFileSize = 16 << 10
+)
+
+// ReadWebhookSecrets reads and checks a customer's secrets file.
+func ReadWebhookSecrets(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretsFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxSecretsFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSecretsFileSize)
+	}
+	return ParseWebhookSecrets(data)
+}
+
+// ParseWebhookSecrets parses the content of a secrets file: at least one
+// and at most MaxWebhookSecrets distinct secrets of MinWebhookSecretBytes
+// or more, without spaces. Errors name the line, never the secret.
+func ParseWebhookSecrets(data []byte) ([]string, error) {
+	var out []string
+	var errs []error
+	for i, line := range strings.Split(string(data), "\n") {
+		s := strings.TrimSpace(line)
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		switch {
+		case len(s) < MinWebhookSecretBytes:
+			errs = append(errs, fmt.Errorf("line %d: a secret must be at least %d bytes", i+1, MinWebhookSecretBytes))
+		case strings.ContainsAny(s, " \t"):
+			errs = append(errs, fmt.Errorf("line %d: a secret must not contain spaces (one secret per line)", i+1))
+		case slices.Contains(out, s):
+			errs = append(errs, fmt.Errorf("line %d: the same secret twice", i+1))
+		default:
+			out = append(out, s)
+		}
+	}
+	if len(out) > MaxWebhookSecrets {
+		errs = append(errs, fmt.Errorf("%d secrets; at most %d (the current one and those being rotated)", len(out), MaxWebhookSecrets))
+	}
+	if len(out) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("no secret in the file"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SignAll returns the Meterline-Signature header value for body sent at t
+// with one v1 signature per secret: "t=<unix>,v1=<hex>,v1=<hex>".
+func SignAll(secrets []string, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	var b strings.Builder
+	b.WriteString("t=" + ts)
+	for _, s := range secrets {
+		b.WriteString(",v1=" + hex.EncodeToString(mac(s, ts, body)))
+	}
+	return b.String()
+}
+
+// signAlert returns the signature header of a customer's alert: signed
+// with the customer's own secrets when its catalogue entry names a secrets
+// file, else with limits.webhook_secret. An unreadable or invalid secrets
+// file is an error (the attempt is retried later), never a fallback to
+// the shared secret.
+func (v *View) signAlert(customerID string, t time.Time, body []byte) (string, error) {
+	c, ok := v.reg.Customer(customerID)
+	if !ok || c.AlertWebhookSecretsFile == "" {
+		return Sign(v.cfg.WebhookSecret, t, body), nil
+	}
+	secrets, err := ReadWebhookSecrets(c.AlertWebhookSecretsFile)
+	if err != nil {
+		return "", fmt.Errorf("alert_webhook_secrets_file of customer %q: %w", customerID, err)
+	}
+	return SignAll(secrets, t, body), nil
 }
