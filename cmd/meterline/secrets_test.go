@@ -2,18 +2,25 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/internal/httpx"
+	"github.com/meterline/meterline/internal/testenv"
 )
 
 // knownSecrets are the secrets the configuration had when structural
@@ -285,5 +292,86 @@ func TestTokenCommand(t *testing.T) {
 		if code := run([]string{"token", "new", "--name", "x", "--expires", bad}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--expires") {
 			t.Errorf("--expires %s: exit %d: %s", bad, code, stderr.String())
 		}
+	}
+}
+
+// TestServeTokensReloadAndExpiry: the tokens serve builds (openTokens)
+// follow auth.tokens_file while running, count reloads in
+// meterline_auth_tokens_reloads_total, and an expired token gets 401
+// naming its expiry through the HTTP layer.
+func TestServeTokensReloadAndExpiry(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens.yaml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(name, tok, expires string) string {
+		s := fmt.Sprintf("  - name: %s\n    sha256: %s\n    scopes: [admin]\n", name, auth.Hash(tok))
+		if expires != "" {
+			s += "    expires: " + expires + "\n"
+		}
+		return s
+	}
+	write("tokens:\n" + entry("old", "tok-old", "2001-01-01T00:00:00Z"))
+	cfg, err := loadConfig(writeFile(t, "auth:\n  tokens_file: "+path+"\n  reload_every: 100ms\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	goRun := func(_ string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = run(ctx) }()
+	}
+	tokens, err := openTokens(cfg, reg, slog.New(slog.DiscardHandler), goRun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(tok string) (int, string) {
+		r := httptest.NewRequest("GET", "/v1/usage", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		if _, ok := httpx.Authenticate(w, r, tokens, auth.ScopeAdmin); ok {
+			return 200, ""
+		}
+		return w.Code, w.Body.String()
+	}
+	if code, body := call("tok-old"); code != 401 || !strings.Contains(body, `token \"old\" expired at 2001-01-01T00:00:00Z`) {
+		t.Fatalf("expired token: %d %s", code, body)
+	}
+	write("tokens:\n" + entry("old", "tok-old", "2001-01-01T00:00:00Z") + entry("new", "tok-new", ""))
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code, body := call("tok-new"); code != 200 {
+			return fmt.Errorf("new token: %d %s", code, body)
+		}
+		return nil
+	})
+	reloads := 0.0
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "meterline_auth_tokens_reloads_total" {
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "success" {
+					reloads = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if reloads != 1 {
+		t.Fatalf("meterline_auth_tokens_reloads_total{result=success} = %v, want 1", reloads)
 	}
 }
