@@ -297,13 +297,14 @@ func loadConfig(path string, environ []string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
-		if data, err = resolveSecretFilesYAML(data); err != nil {
+		resolved, err := resolveSecretFilesYAML(data)
+		if err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec := yaml.NewDecoder(bytes.NewReader(resolved))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("config %s: %w", path, err)
+			return nil, fmt.Errorf("config %s: %w", path, secretFilesNote(err, data, resolved))
 		}
 	}
 	environ, err := resolveSecretFilesEnv(environ)

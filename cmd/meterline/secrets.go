@@ -182,6 +182,16 @@ func resolveSecretFilesYAML(data []byte) ([]byte, error) {
 	return buf.Bytes(), enc.Close()
 }
 
+// secretFilesNote says, on a decoding error of a document whose _file keys
+// were resolved (and so re-encoded), that its line numbers are those of the
+// re-encoded document.
+func secretFilesNote(err error, original, resolved []byte) error {
+	if bytes.Equal(original, resolved) {
+		return err
+	}
+	return fmt.Errorf("%w\n(line numbers count in the configuration with its *_file secrets read in, keys in their order)", err)
+}
+
 // mappingAt follows keys from the mapping node n; nil if a key is absent.
 func mappingAt(n *yaml.Node, keys []string) *yaml.Node {
 	for _, k := range keys {

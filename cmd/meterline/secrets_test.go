@@ -161,6 +161,17 @@ func TestSecretsFromFiles(t *testing.T) {
 			}
 		})
 	}
+	// A _file that is not a path, and other errors beside a _file.
+	if _, err := loadConfig(writeFile(t, "billing:\n  stripe_api_key_file: [a, b]\n"), nil); err == nil || !strings.Contains(err.Error(), "billing.stripe_api_key_file: want the path of a file") {
+		t.Fatalf("list as a path: %v", err)
+	}
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("sk_test_from_file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(writeFile(t, "billing:\n  stripe_api_key_file: "+key+"\n  intervall: 1m\n"), nil); err == nil || !strings.Contains(err.Error(), "field intervall not found") || strings.Contains(err.Error(), "sk_test_from_file") {
+		t.Fatalf("unknown key beside a _file: %v", err)
+	}
 	// A _file key of something that is not a secret stays unknown.
 	if _, err := loadConfig(writeFile(t, "http:\n  addr_file: /etc/hosts\n"), nil); err == nil || !strings.Contains(err.Error(), "addr_file") {
 		t.Fatalf("non-secret _file key: %v", err)
