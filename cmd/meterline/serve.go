@@ -226,7 +226,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			}
 		}()
 	}
-	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery) || has(roleBilling)) {
+	if cfg.Limits.CatalogueFile != "" && (has(roleCollector) || has(roleSink) || has(roleAggregator) || has(roleQuery) || has(roleBilling)) {
 		goRun("catalogue watcher", func(ctx context.Context) error {
 			limits.WatchFile(ctx, cfg.Limits.CatalogueFile, registry, cfg.Limits.ReloadEvery, log)
 			return nil
@@ -240,6 +240,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		}
 		defer w.Close()
 		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy.Anonymizer, tokens, w, reg, log.With("role", roleCollector))
+		checkOwners(cfg, col, registry, log)
 		mux.Handle("/v1/events", col)
 		checks = append(checks, readyCheck{"kafka", func(ctx context.Context) error { return kafkaReachable(ctx, cfg.Kafka) }})
 	}
@@ -248,7 +249,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		sink.ResolveCustomers(registry)
+		resolveOwners(cfg, sink, registry)
 		// Erased customers' events are dropped from the first batch on.
 		erased := privacy.NewBlocklist(cfg.Privacy.Config, db, reg, log.With("role", roleSink))
 		if err := erased.Load(ctx); err != nil {
