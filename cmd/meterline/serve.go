@@ -264,6 +264,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	}
 	if has(roleAggregator) {
 		agg := aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))
+		attributeUnassigned(agg, registry, db, reg)
 		goRun(roleAggregator, agg.Run)
 	}
 	if has(roleQuery) {
@@ -280,6 +281,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
+		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		goRun("erasures", erasures.Run)
 		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay,
