@@ -165,3 +165,23 @@ aggregate:
 		return nil
 	})
 }
+
+// TestEventsUnknownKeysSetting: accept by default, reject from the file or
+// the environment, anything else refused by Validate.
+func TestEventsUnknownKeysSetting(t *testing.T) {
+	c, err := loadConfig("", nil)
+	if err != nil || c.Events.UnknownKeys != "accept" {
+		t.Fatalf("default %q (%v), want accept", c.Events.UnknownKeys, err)
+	}
+	c, err = loadConfig(writeFile(t, "events:\n  unknown_keys: reject\n"), nil)
+	if err != nil || c.Events.UnknownKeys != "reject" || c.Validate() != nil {
+		t.Fatalf("from the file: %q (%v)", c.Events.UnknownKeys, err)
+	}
+	c, err = loadConfig("", []string{"METERLINE_EVENTS_UNKNOWN_KEYS=maybe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `events.unknown_keys: "maybe" is not accept or reject`) {
+		t.Fatalf("validation error %v", err)
+	}
+}
