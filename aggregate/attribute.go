@@ -100,22 +100,25 @@ func (a *Aggregator) attribute(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var erased map[string]struct{}
-	if a.attr.Erased != nil {
-		if erased, err = a.attr.Erased(ctx); err != nil {
-			return fmt.Errorf("attribution: read erased customers: %w", err)
-		}
-	}
 	pending := map[string]uint64{}
 	for _, k := range before {
 		pending[k.APIKeyID] = k.Events
 	}
+	var spans []KeyOwner
+	for _, o := range a.attr.Owners() {
+		if _, ok := pending[o.APIKeyID]; ok {
+			spans = append(spans, o)
+		}
+	}
+	var erased map[string]struct{}
+	if len(spans) > 0 && a.attr.Erased != nil {
+		if erased, err = a.attr.Erased(ctx); err != nil {
+			return fmt.Errorf("attribution: read erased customers: %w", err)
+		}
+	}
 	var keys []string
 	var total uint64
-	for _, o := range a.attr.Owners() {
-		if _, ok := pending[o.APIKeyID]; !ok {
-			continue
-		}
+	for _, o := range spans {
 		if _, gone := erased[o.CustomerID]; gone {
 			continue
 		}
