@@ -48,6 +48,10 @@ type Aggregator struct {
 	// mu serialises Tick: a second tick at once would be correct, only
 	// wasted work.
 	mu sync.Mutex
+
+	// attr and am: see SetAttribution (nil: no attribution).
+	attr *Attribution
+	am   attributionMetrics
 }
 
 type aggregatorMetrics struct {
@@ -136,6 +140,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 func (a *Aggregator) Tick(ctx context.Context) (TickStats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.attributeUnassigned(ctx)
 	start := time.Now()
 	st, err := a.tick(ctx, start)
 	st.Duration = time.Since(start)

@@ -51,9 +51,7 @@ ORDER BY day`
 // skipped without consulting the set.
 var minuteSQL = `INSERT INTO usage_minute (` + rollupColumns + `)
 WITH dirty AS (
-    SELECT DISTINCT customer_id, api_key_id, toDateTime(toStartOfMinute(time), 'UTC')
-    FROM events
-    WHERE ` + dirtyRows + `
+    ` + dirtyGroupsOf("toDateTime(toStartOfMinute(time), 'UTC')") + `
 )
 SELECT customer_id, api_key_id, window_start, route, method, status_class, gateway,
     sum(n), sumIf(n, status >= 400 AND status < 500), sumIf(n, status >= 500),
@@ -93,9 +91,7 @@ SELECT customer_id, api_key_id, ` + bucket("window_start") + ` AS w, route, meth
 FROM ` + from + ` FINAL
 WHERE window_start >= {` + lower + `:DateTime('UTC')} AND window_start < {` + upper + `:DateTime('UTC')}
     AND (customer_id, api_key_id, ` + bucket("window_start") + `) IN (
-        SELECT DISTINCT customer_id, api_key_id, ` + bucket("time") + `
-        FROM events
-        WHERE ` + dirtyRows + `
+        ` + dirtyGroupsOf(bucket("time")) + `
     )
 GROUP BY customer_id, api_key_id, w, route, method, status_class, gateway`
 }
@@ -126,3 +122,54 @@ const readWatermarkSQL = `SELECT value FROM aggregate_state FINAL WHERE name = {
 // makes the latest write win.
 const writeWatermarkSQL = `INSERT INTO aggregate_state (name, value, updated_at)
 SELECT {name:String}, {value:DateTime64(3, 'UTC')}, now64(3)`
+
+// unassignedKeysSQL lists the keys with events stored without a customer
+// (the sort key starts with customer_id, so only that prefix is read).
+const unassignedKeysSQL = `SELECT api_key_id, count(), toFloat64(sum(units)), min(time), max(time)
+FROM events FINAL
+WHERE customer_id = ''
+GROUP BY api_key_id
+ORDER BY api_key_id`
+
+// attributeCopySQL copies a key's unassigned events with time in
+// [from, until) to the customer that holds the key then. Every column is
+// copied (SELECT * REPLACE), so columns a later migration adds travel
+// too; ingested_at is new, so the next tick re-rolls the minutes. The
+// filter sits in a subquery: the REPLACE aliases would shadow the columns
+// in a WHERE beside them.
+const attributeCopySQL = `INSERT INTO events
+SELECT * REPLACE ({customer:String} AS customer_id, now64(3) AS ingested_at)
+FROM
+(
+    SELECT * FROM events FINAL
+    WHERE customer_id = '' AND api_key_id = {key:String}
+        AND time >= {from:DateTime64(3, 'UTC')} AND time < {until:DateTime64(3, 'UTC')}
+)`
+
+// attributeDeleteSQL removes the unassigned events of keys that have an
+// attributed copy (same key, id and time under a customer), and only
+// those: an unassigned row inserted after the copy stays. The mutation is
+// waited for, so the next tick reads without them.
+const attributeDeleteSQL = `ALTER TABLE events DELETE
+WHERE customer_id = '' AND api_key_id IN {keys:Array(String)}
+    AND (api_key_id, id, time) IN (
+        SELECT api_key_id, id, time FROM events
+        WHERE customer_id != '' AND api_key_id IN {keys:Array(String)}
+    )
+SETTINGS mutations_sync = 2, allow_nondeterministic_mutations = 1`
+
+// dirtyGroupsOf selects the dirty (customer, key, bucket) groups of a tick
+// slice, bucket being an expression of time. Each dirty group of a key
+// also dirties the key's unassigned group (empty customer_id) of that bucket:
+// when unassigned events are attributed, their copies are the new rows,
+// and the unassigned group they left must be re-rolled (to zero requests
+// if nothing is left) so that nothing counts twice.
+func dirtyGroupsOf(bucket string) string {
+	return `SELECT DISTINCT c, api_key_id, b
+        FROM (
+            SELECT customer_id, api_key_id, ` + bucket + ` AS b
+            FROM events
+            WHERE ` + dirtyRows + `
+        )
+        ARRAY JOIN [customer_id, ''] AS c`
+}

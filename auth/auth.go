@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -51,12 +52,24 @@ type TokenConfig struct {
 	// Expires, when set, is the instant from which the token is refused
 	// (401 naming the expiry). Zero: the token does not expire.
 	Expires time.Time `yaml:"expires,omitempty"`
+	// Gateway binds an ingest token to a gateway name: every event it posts
+	// is stored with this gateway, whatever the event says. Empty: the
+	// event's own gateway, or the token's name when it has none.
+	Gateway string `yaml:"gateway"`
+	// Customers binds an ingest token to customers: events of keys that
+	// belong to another customer (or to none) are rejected one by one.
+	// Empty: any customer's keys.
+	Customers []string `yaml:"customers"`
 }
 
 // Principal is an authenticated caller.
 type Principal struct {
 	Name   string
 	Scopes []Scope
+	// Gateway and IngestCustomers are the token's ingest bindings
+	// (TokenConfig.Gateway, TokenConfig.Customers).
+	Gateway         string
+	IngestCustomers []string
 }
 
 // Has reports whether the principal carries scope s.
@@ -190,6 +203,8 @@ func build(inline, file []TokenConfig) (*tokenSet, error) {
 				}
 				p.Scopes = append(p.Scopes, Scope(s))
 			}
+			errs = append(errs, bindingErrors(where, c)...)
+			p.Gateway, p.IngestCustomers = c.Gateway, c.Customers
 			e := entry{expires: c.Expires, principal: p}
 			copy(e.hash[:], raw)
 			s.entries = append(s.entries, e)
@@ -283,4 +298,31 @@ func NewToken() (string, error) {
 		return "", err
 	}
 	return "ml_" + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// maxBindingBytes bounds a bound gateway name or customer id, as the event
+// schema bounds those fields.
+const maxBindingBytes = 128
+
+// bindingErrors checks a token's ingest bindings: they only mean
+// something for an ingest token, and must be ids an event could carry.
+func bindingErrors(where string, c TokenConfig) []error {
+	var errs []error
+	if (c.Gateway != "" || len(c.Customers) > 0) && !slices.Contains(c.Scopes, string(ScopeIngest)) {
+		errs = append(errs, fmt.Errorf("%s: gateway and customers bind an ingest token; this token has no ingest scope", where))
+	}
+	if len(c.Gateway) > maxBindingBytes || c.Gateway != strings.TrimSpace(c.Gateway) {
+		errs = append(errs, fmt.Errorf("%s: gateway must be at most %d bytes without surrounding spaces", where, maxBindingBytes))
+	}
+	seen := map[string]bool{}
+	for _, cu := range c.Customers {
+		switch {
+		case cu == "" || len(cu) > maxBindingBytes:
+			errs = append(errs, fmt.Errorf("%s: customers: %q must be 1-%d bytes", where, cu, maxBindingBytes))
+		case seen[cu]:
+			errs = append(errs, fmt.Errorf("%s: customers: %q listed twice", where, cu))
+		}
+		seen[cu] = true
+	}
+	return errs
 }

@@ -108,6 +108,10 @@ type Collector struct {
 	log      *slog.Logger
 	now      func() time.Time
 	m        collectorMetrics
+
+	// owners and unknownKeys: see CheckOwners.
+	owners      KeyOwners
+	unknownKeys UnknownKeys
 }
 
 type collectorMetrics struct {
@@ -225,6 +229,11 @@ func (c *Collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ev.Gateway == "" {
 			// The token names the gateway when the event does not.
 			ev.Gateway = p.Name
+		}
+		if err := c.admit(&ev, p, res.Index); err != nil {
+			resp.Rejected = append(resp.Rejected, Rejection{Index: res.Index, Error: err.Error()})
+			c.m.rejected.WithLabelValues(rejectReason(err)).Inc()
+			continue
 		}
 		if err := c.anon.Apply(&ev); err != nil {
 			resp.Rejected = append(resp.Rejected, Rejection{Index: res.Index, Error: fmt.Sprintf("event %d: field \"client_ip\": %v", res.Index, err)})

@@ -143,11 +143,9 @@ const (
 	HeaderErrorReason = "meterline-error-class"
 )
 
-// CustomerResolver tells which customer owns an API key: the key registry
-// of the plan catalogue. Events that carry no customer_id get it at ingest.
-type CustomerResolver interface {
-	CustomerOfKey(apiKeyID string) (string, bool)
-}
+// CustomerResolver tells which customer owns an API key at an event's
+// time: the key registry of the plan catalogue. See ResolveCustomers.
+type CustomerResolver = KeyOwners
 
 // Sink consumes the events topic and writes batches to ClickHouse.
 type Sink struct {
@@ -167,6 +165,9 @@ type Sink struct {
 	lastFlush time.Time
 
 	seen map[dedupKey]struct{} // in-batch deduplication, reused by flush
+
+	// unknownKeys is the policy for keys the catalogue does not know.
+	unknownKeys UnknownKeys
 }
 
 // dedupKey identifies an event within a batch.
@@ -239,7 +240,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		}),
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meterline_sink_events_dead_lettered_total",
-			Help: "Messages sent to the dead-letter topic, by class (invalid, unstorable).",
+			Help: "Messages sent to the dead-letter topic, by class (invalid, unstorable, ownership).",
 		}, []string{"class"}),
 		batchEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meterline_sink_batch_events",
@@ -263,7 +264,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 	}
 	s.m.unknownKeys = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meterline_sink_events_without_customer_total",
-		Help: "Events stored without a customer_id: the event had none and its api_key_id is not in the catalogue.",
+		Help: "Events stored unassigned (no customer_id): the catalogue gives their api_key_id to no customer at the event's time (events.unknown_keys: accept).",
 	})
 	s.m.erasedDropped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meterline_sink_erased_events_dropped_total",
@@ -359,9 +360,26 @@ func (s *Sink) shutdown(ctx context.Context, batch []kafka.Message, cause error)
 	return cause
 }
 
-// ResolveCustomers makes the sink fill a missing customer_id from r.
-// Call before Run.
+// ResolveCustomers makes the catalogue r decide each event's customer:
+// the key's owner at the event's time. An event that names another
+// customer is dead-lettered (class ownership); an event of a key r gives
+// to nobody follows SetUnknownKeys. Without r, customer_id is stored as
+// the event carries it. Call before Run.
 func (s *Sink) ResolveCustomers(r CustomerResolver) { s.customers = r }
+
+// SetUnknownKeys sets the policy for keys the catalogue gives to nobody
+// (default accept: stored unassigned). Call before Run.
+func (s *Sink) SetUnknownKeys(p UnknownKeys) { s.unknownKeys = p }
+
+// resolveCustomer is the customer-resolution step of a batch: it sets
+// ev's customer from the catalogue, or returns why the event is refused.
+func (s *Sink) resolveCustomer(ev *schemas.Event) error {
+	unknown, err := resolveOwner(ev, s.customers, s.unknownKeys)
+	if unknown && err == nil {
+		s.m.unknownKeys.Inc()
+	}
+	return err
+}
 
 // ErasedCustomers tells whether a customer's data was erased (a privacy
 // erasure ran or is running): the sink drops such a customer's events.
@@ -417,12 +435,9 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 			dead = append(dead, deadLetter(m, "invalid", err, now))
 			continue
 		}
-		if ev.CustomerID == "" && s.customers != nil {
-			if c, ok := s.customers.CustomerOfKey(ev.APIKeyID); ok {
-				ev.CustomerID = c
-			} else {
-				s.m.unknownKeys.Inc()
-			}
+		if err := s.resolveCustomer(&ev); err != nil {
+			dead = append(dead, deadLetter(m, DeadLetterOwnership, err, now))
+			continue
 		}
 		if ev.CustomerID != "" && s.erased != nil && s.erased.Erased(ev.CustomerID) {
 			// The customer's data was erased: a redelivered or late event

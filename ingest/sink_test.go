@@ -297,33 +297,41 @@ func TestSinkResumesFromCommittedOffsets(t *testing.T) {
 	}
 }
 
-// keyOwners is a map-backed CustomerResolver for the test.
-type keyOwners map[string]string
-
-func (k keyOwners) CustomerOfKey(key string) (string, bool) { c, ok := k[key]; return c, ok }
-
-// TestSinkResolvesMissingCustomer fills customer_id from the key registry
-// when the event has none, and keeps the one an event carries.
+// TestSinkResolvesMissingCustomer fills customer_id from the catalogue
+// when the event has none, keeps one that names the key's owner, stores
+// an unknown key's event unassigned whatever it claims, and dead-letters
+// an event that names another customer (the catalogue decides, not the
+// producer).
 func TestSinkResolvesMissingCustomer(t *testing.T) {
 	db := requireDB(t)
 	f := newSinkFixture(t)
 	key := testenv.Unique("key")
 	noCustomer := func(m map[string]any) { delete(m, "customer_id") }
+	claims := func(c string) func(map[string]any) { return func(m map[string]any) { m["customer_id"] = c } }
 	f.produce(t, key,
 		eventJSON(t, "rc-1", key, noCustomer),
-		eventJSON(t, "rc-2", key), // carries cust-1
+		eventJSON(t, "rc-2", key, claims("acme")),
 		eventJSON(t, "rc-3", key+"-unknown", noCustomer),
+		eventJSON(t, "rc-4", key+"-unknown", claims("globex")),
+		eventJSON(t, "rc-5", key), // claims cust-1, which does not hold the key
 	)
 	s, err := NewSink(SinkConfig{GroupID: f.group, FlushInterval: 100 * time.Millisecond}, f.k, schemas.Options{}, Anonymizer{}, db, prometheus.NewRegistry(), quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.ResolveCustomers(keyOwners{key: "acme"})
+	s.ResolveCustomers(catalogueOf(t, "acme", key))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	waitStored(t, db, key, 2)
-	waitStored(t, db, key+"-unknown", 1)
+	waitStored(t, db, key+"-unknown", 2)
+	var dead []kafka.Message
+	waitFor(t, 30*time.Second, func() error {
+		if dead = topicMessages(t, f.k.Brokers, f.k.DeadLetterTopic); len(dead) != 1 {
+			return fmt.Errorf("%d dead letters, want 1", len(dead))
+		}
+		return nil
+	})
 	cancel()
 	<-done
 	rows, err := db.Query(context.Background(), "SELECT id, customer_id FROM events FINAL WHERE api_key_id IN ({a:String}, {b:String}) ORDER BY id",
@@ -338,8 +346,13 @@ func TestSinkResolvesMissingCustomer(t *testing.T) {
 		_ = rows.Scan(&id, &c)
 		got[id] = c
 	}
-	if got["rc-1"] != "acme" || got["rc-2"] != "cust-1" || got["rc-3"] != "" {
-		t.Fatalf("customer ids: %v", got)
+	want := map[string]string{"rc-1": "acme", "rc-2": "acme", "rc-3": "", "rc-4": ""}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("customer ids: %v, want %v", got, want)
+	}
+	if !strings.Contains(string(dead[0].Value), `"rc-5"`) || headerValue(dead[0], HeaderErrorReason) != DeadLetterOwnership ||
+		!strings.Contains(headerValue(dead[0], HeaderError), `"cust-1" does not hold api_key_id`) {
+		t.Fatalf("dead letter %s, class %q, reason %q", dead[0].Value, headerValue(dead[0], HeaderErrorReason), headerValue(dead[0], HeaderError))
 	}
 }
 

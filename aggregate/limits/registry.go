@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,6 +75,10 @@ type Customer struct {
 	// Keys are the public ids of the customer's API keys. A key belongs to
 	// exactly one customer.
 	Keys []string `yaml:"keys"`
+	// KeyPeriods are keys the customer holds for a time span only: a key
+	// that moved to or from another customer, or was replaced. An event of
+	// such a key is attributed by its own time. See KeyPeriod.
+	KeyPeriods []KeyPeriod `yaml:"key_periods"`
 }
 
 // Catalogue is the content of the catalogue file: plans and the customers
@@ -251,6 +256,7 @@ func (c *Catalogue) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateKeyPeriods()...)
 	if len(errs) > maxReportedErrors {
 		// Every problem is worth reporting, but a generated or hostile file
 		// can hold millions; the error is logged whole.
@@ -329,7 +335,8 @@ func isLoopback(host string) bool {
 // so readers share it without locks.
 type index struct {
 	cat       *Catalogue
-	keys      map[string]string // api key id -> customer id
+	keys      map[string]string        // api key id -> customer id
+	periods   map[string][]ownedPeriod // api key id -> time-bounded owners, by from
 	customers map[string]*Customer
 	plans     map[string]*compiledPlan
 }
@@ -379,6 +386,7 @@ func newIndex(c *Catalogue) *index {
 			}
 		}
 	}
+	ix.periods = indexKeyPeriods(c)
 	return ix
 }
 
@@ -422,10 +430,9 @@ func (r *Registry) Catalogue() *Catalogue {
 	return r.cur.Load().cat
 }
 
-// CustomerOfKey returns the customer that holds apiKeyID.
+// CustomerOfKey returns the customer that holds apiKeyID now.
 func (r *Registry) CustomerOfKey(apiKeyID string) (string, bool) {
-	c, ok := r.cur.Load().keys[apiKeyID]
-	return c, ok
+	return r.cur.Load().ownerAt(apiKeyID, time.Now())
 }
 
 // Customer returns a copy of the customer with that id.
@@ -462,6 +469,7 @@ func (r *Registry) Customers() []Customer {
 // catalogue through it.
 func cloneCustomer(c Customer) Customer {
 	c.Keys = slices.Clone(c.Keys)
+	c.KeyPeriods = slices.Clone(c.KeyPeriods)
 	return c
 }
 

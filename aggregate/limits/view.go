@@ -327,7 +327,7 @@ func periodOf(t time.Time) (start, next time.Time) {
 // had been used. StalenessSeconds tells the caller how old that is.
 func (v *View) Lookup(apiKeyID string, now time.Time) (Limit, error) {
 	ix := v.reg.cur.Load()
-	custID, ok := ix.keys[apiKeyID]
+	custID, ok := ix.ownerAt(apiKeyID, now)
 	if !ok {
 		return Limit{}, ErrUnknownKey
 	}

@@ -98,6 +98,10 @@ type EventsConfig struct {
 	// UnknownFieldsToProperties keeps unknown top-level fields as properties
 	// instead of rejecting the event. Default false.
 	UnknownFieldsToProperties bool `yaml:"unknown_fields_to_properties"`
+	// UnknownKeys is what happens to events of keys the catalogue gives to
+	// no customer at the event's time: accept (stored unassigned, never
+	// billed, attributed once the key is known) or reject. Default accept.
+	UnknownKeys ingest.UnknownKeys `yaml:"unknown_keys"`
 }
 
 // PrivacyConfig is the privacy section: anonymisation at ingest and the
@@ -165,6 +169,9 @@ func (c *Config) applyDefaults() {
 	if c.Events.MaxBatchEvents == 0 {
 		c.Events.MaxBatchEvents = 10000
 	}
+	if c.Events.UnknownKeys == "" {
+		c.Events.UnknownKeys = ingest.UnknownKeysAccept
+	}
 	c.Privacy.Anonymizer = c.Privacy.Anonymizer.WithDefaults()
 	c.Privacy.Config = c.Privacy.Config.WithDefaults()
 	if c.Retention.RawMonths == 0 {
@@ -204,6 +211,7 @@ func (c *Config) Validate() error {
 	if c.HTTP.DrainDelay < 0 || c.HTTP.DrainDelay > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("http.drain_delay: %s is out of range 0-5m", c.HTTP.DrainDelay))
 	}
+	errs = append(errs, c.Events.UnknownKeys.Validate())
 	errs = append(errs, c.Kafka.Validate(), c.Privacy.Anonymizer.Validate(), c.Privacy.Config.Validate(), c.Collector.Validate(), c.Sink.Validate(),
 		c.Aggregate.Validate(), c.Limits.Validate())
 	if !validIdent(c.ClickHouse.Database) {

@@ -222,7 +222,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	if cfg.Limits.CatalogueFile != "" && (has(roleSink) || has(roleQuery) || has(roleBilling)) {
+	if cfg.Limits.CatalogueFile != "" && (has(roleCollector) || has(roleSink) || has(roleAggregator) || has(roleQuery) || has(roleBilling)) {
 		goRun("catalogue watcher", func(ctx context.Context) error {
 			limits.WatchFile(ctx, cfg.Limits.CatalogueFile, registry, cfg.Limits.ReloadEvery, log)
 			return nil
@@ -236,6 +236,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		}
 		defer w.Close()
 		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy.Anonymizer, tokens, w, reg, log.With("role", roleCollector))
+		checkOwners(cfg, col, registry, log)
 		mux.Handle("/v1/events", col)
 		checks = append(checks, readyCheck{"kafka", func(ctx context.Context) error { return kafkaReachable(ctx, cfg.Kafka) }})
 	}
@@ -244,7 +245,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		sink.ResolveCustomers(registry)
+		resolveOwners(cfg, sink, registry)
 		// Erased customers' events are dropped from the first batch on.
 		erased := privacy.NewBlocklist(cfg.Privacy.Config, db, reg, log.With("role", roleSink))
 		if err := erased.Load(ctx); err != nil {
@@ -259,6 +260,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 	}
 	if has(roleAggregator) {
 		agg := aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))
+		attributeUnassigned(agg, registry, db, reg)
 		goRun(roleAggregator, agg.Run)
 	}
 	if has(roleQuery) {
@@ -275,6 +277,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
+		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		goRun("erasures", erasures.Run)
 		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay,
