@@ -35,7 +35,8 @@ type ReadConfig struct {
 	MaxThreads int `yaml:"max_threads"`
 	// Conns is the number of store connections that read queries may use,
 	// apart from those of the sink, the aggregator and the other background
-	// work. Default 2.
+	// work. Default 4: twice TokenConcurrency, so that one token can hold
+	// at most half of them.
 	Conns int `yaml:"conns"`
 	// QueueTimeout bounds the wait of a read query for one of those
 	// connections; then its caller gets 503. Default 5s.
@@ -63,7 +64,7 @@ func (c ReadConfig) WithDefaults() ReadConfig {
 		c.MaxThreads = 2
 	}
 	if c.Conns == 0 {
-		c.Conns = store.DefaultInteractiveConns
+		c.Conns = 4
 	}
 	if c.QueueTimeout == 0 {
 		c.QueueTimeout = store.DefaultInteractiveQueueTimeout
