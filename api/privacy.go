@@ -117,7 +117,9 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 		detail["error"] = err.Error()
 	}
 	// Audited even when the client went away mid-export.
-	if aerr := p.Service.Audit(context.WithoutCancel(r.Context()), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
+	// On the background connections: the audit record must not be refused
+	// for lack of a read connection.
+	if aerr := p.Service.Audit(store.NotInteractive(context.WithoutCancel(r.Context())), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
 		p.Log.Error("privacy export: audit failed", "err", aerr)
 	}
 	if err != nil {

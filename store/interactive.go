@@ -83,6 +83,13 @@ func Interactive(ctx context.Context) context.Context {
 	return context.WithValue(ctx, interactiveKey{}, true)
 }
 
+// NotInteractive undoes Interactive for the statements run with the
+// returned context: work done on behalf of a read that must not be bound
+// by the read limits (an audit record of the read).
+func NotInteractive(ctx context.Context) context.Context {
+	return context.WithValue(ctx, interactiveKey{}, false)
+}
+
 // IsInteractive reports whether ctx went through Interactive.
 func IsInteractive(ctx context.Context) bool {
 	v, _ := ctx.Value(interactiveKey{}).(bool)

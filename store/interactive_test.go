@@ -102,3 +102,45 @@ func TestInteractiveSettingsText(t *testing.T) {
 		t.Errorf("no limits configured, settings %v", s)
 	}
 }
+
+// TestServerInteractiveSlots checks the server engine's share of reads
+// without a server: the slot is taken only by interactive statements,
+// freed once (done is idempotent, as Rows.Close may run twice), and a read
+// over the share waits QueueTimeout, then fails with ErrBusy.
+func TestServerInteractiveSlots(t *testing.T) {
+	inter := InteractiveConfig{Conns: 1, QueueTimeout: 50 * time.Millisecond, MaxExecutionTime: time.Second}.withDefaults()
+	c := &serverConn{inter: inter, readSlots: make(chan struct{}, inter.Conns)}
+	ctx := context.Background()
+	for range 3 {
+		_, done, err := c.interactive(ctx, nil)
+		if err != nil {
+			t.Fatalf("background statement: %v", err)
+		}
+		done()
+	}
+	_, done, err := c.interactive(Interactive(ctx), map[string]any{"insert_deduplication_token": "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.interactive(Interactive(ctx), nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second read with one slot: %v, want ErrBusy", err)
+	}
+	if _, d, err := c.interactive(NotInteractive(Interactive(ctx)), nil); err != nil {
+		t.Fatalf("NotInteractive statement while the read share is full: %v", err)
+	} else {
+		d()
+	}
+	done()
+	done()
+	_, done2, err := c.interactive(Interactive(ctx), nil)
+	if err != nil {
+		t.Fatalf("read after the slot was freed: %v", err)
+	}
+	if _, _, err := c.interactive(Interactive(ctx), nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a double done freed two slots: %v", err)
+	}
+	done2()
+	if n := serverOptions(Config{MaxOpenConns: 3, Interactive: InteractiveConfig{Conns: 2}}, "db").MaxOpenConns; n != 5 {
+		t.Errorf("driver pool %d, want MaxOpenConns + Interactive.Conns = 5", n)
+	}
+}
