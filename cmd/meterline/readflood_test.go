@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,7 @@ aggregate:
 		return nil
 	})
 
-	usage := func(client *http.Client, token, customer string) (int, string) {
+	usage := func(client *http.Client, token, customer string) (code int, body string, retryAfter time.Duration) {
 		q := url.Values{}
 		q.Set("customer_id", customer)
 		// 400 days up to the server's now, the longest range allowed.
@@ -79,19 +80,39 @@ aggregate:
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
 		if err != nil {
-			return 0, err.Error()
+			return 0, err.Error(), 0
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
-			return 0, "429 without Retry-After"
+		if resp.StatusCode == http.StatusTooManyRequests {
+			secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+			if err != nil || secs < 1 {
+				return 0, "429 without a valid Retry-After: " + resp.Header.Get("Retry-After"), 0
+			}
+			retryAfter = time.Duration(secs) * time.Second
 		}
-		return resp.StatusCode, string(b)
+		return resp.StatusCode, string(b), retryAfter
 	}
 
 	// The flood: eight workers, each sending its next query as soon as the
-	// last is answered, until the events are stored.
+	// last is answered, until the events are stored. A refused worker
+	// retries as soon as one of the flood's admitted queries finishes (or
+	// after Retry-After if none does first), so the token stays at its
+	// limit without spinning on refusals.
 	stop := make(chan struct{})
+	var finishedMu sync.Mutex
+	finished := make(chan struct{}) // closed and replaced when a flood query is answered 200
+	nextFinish := func() <-chan struct{} {
+		finishedMu.Lock()
+		defer finishedMu.Unlock()
+		return finished
+	}
+	announce := func() {
+		finishedMu.Lock()
+		close(finished)
+		finished = make(chan struct{})
+		finishedMu.Unlock()
+	}
 	var flood200, flood429, floodOther atomic.Int64
 	var oddMu sync.Mutex
 	var odd []string
@@ -107,11 +128,20 @@ aggregate:
 					return
 				default:
 				}
-				switch code, body := usage(client, floodToken, flood); code {
+				next := nextFinish()
+				switch code, body, retryAfter := usage(client, floodToken, flood); code {
 				case http.StatusOK:
 					flood200.Add(1)
+					announce()
 				case http.StatusTooManyRequests:
 					flood429.Add(1)
+					t := time.NewTimer(retryAfter)
+					select {
+					case <-next:
+					case <-t.C:
+					case <-stop:
+					}
+					t.Stop()
 				default:
 					floodOther.Add(1)
 					oddMu.Lock()
@@ -147,7 +177,7 @@ aggregate:
 		evs := customerEvents(fmt.Sprintf("f%d", b), flood, perBatch/2)
 		evs = append(evs, customerEvents(fmt.Sprintf("c%d", b), calm, perBatch/2)...)
 		postEvents(t, addr, evs)
-		if code, body := usage(calmClient, calmToken, calm); code != http.StatusOK {
+		if code, body, _ := usage(calmClient, calmToken, calm); code != http.StatusOK {
 			t.Errorf("the other customer's read during the flood: %d %s", code, body)
 		}
 	}
