@@ -34,11 +34,18 @@ type Privacy struct {
 	// (the catalogue entry, the live limits of the keys).
 	Records func(privacy.Subject) []privacy.Record
 	Log     *slog.Logger
+	// ReadLimiter, if set, limits exports per token like the other read
+	// endpoints (see ReadEndpoint).
+	ReadLimiter *Limiter
 }
 
 // Register adds the endpoints to mux.
 func (p *Privacy) Register(mux *http.ServeMux) {
-	mux.HandleFunc("/v1/privacy/export", p.export)
+	var export http.Handler = http.HandlerFunc(p.export)
+	if p.ReadLimiter != nil {
+		export = ReadEndpoint(p.ReadLimiter, p.Tokens, export)
+	}
+	mux.Handle("/v1/privacy/export", export)
 	mux.HandleFunc("/v1/privacy/erasures", p.erasures)
 	mux.HandleFunc("/v1/privacy/erasures/{id}", p.erasure)
 }
@@ -110,7 +117,9 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 		detail["error"] = err.Error()
 	}
 	// Audited even when the client went away mid-export.
-	if aerr := p.Service.Audit(context.WithoutCancel(r.Context()), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
+	// On the background connections: the audit record must not be refused
+	// for lack of a read connection.
+	if aerr := p.Service.Audit(store.NotInteractive(context.WithoutCancel(r.Context())), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
 		p.Log.Error("privacy export: audit failed", "err", aerr)
 	}
 	if err != nil {

@@ -67,7 +67,9 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 		rows, err := db.Query(r.Context(), storedQuery,
 			store.P("api_key_id", key), store.P("customer_id", cust), store.P("id", id), store.P("limit", uint64(limit)))
 		if err != nil {
-			httpx.WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			if !writeStoreLimit(w, err) {
+				httpx.WriteError(w, http.StatusServiceUnavailable, "reading events: "+err.Error())
+			}
 			return
 		}
 		defer rows.Close()

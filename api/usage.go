@@ -226,6 +226,9 @@ func csvSafe(s string) string {
 }
 
 func writeQueryError(w http.ResponseWriter, err error) {
+	if writeStoreLimit(w, err) {
+		return
+	}
 	var pe *aggregate.ParamError
 	switch {
 	case errors.As(err, &pe):

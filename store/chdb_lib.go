@@ -162,6 +162,9 @@ func (l *chdbLib) takeResult(res unsafe.Pointer) chdbResult {
 type rawConn struct {
 	lib    *chdbLib
 	handle unsafe.Pointer // chdb_connection* as returned by chdb_connect
+	// interactive marks a connection of the interactive-read pool, which
+	// carries the read limits as connection settings.
+	interactive bool
 }
 
 // connectRaw opens one connection with the given command-line style

@@ -152,10 +152,15 @@ type embeddedConn struct {
 	// used by one goroutine only, so a SET param_ and the statement that
 	// reads it can never interleave with another caller's.
 	slots chan struct{}
+	// readSlots and readIdle are the pool of interactive reads, apart from
+	// slots so that reads never hold a connection an insert waits for.
+	inter     InteractiveConfig
+	readSlots chan struct{}
 
-	mu     sync.Mutex
-	idle   []*rawConn
-	closed bool
+	mu       sync.Mutex
+	idle     []*rawConn
+	readIdle []*rawConn
+	closed   bool
 
 	// forceSetParams makes the engine bind parameters with SET param_
 	// even when chdb_query_with_params exists, so tests cover the fallback.
@@ -192,7 +197,9 @@ func openEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (Conn, erro
 	if size <= 0 {
 		size = defaultEmbeddedConns
 	}
-	c := &embeddedConn{eng: eng, db: qdb, log: log, size: size, slots: make(chan struct{}, size)}
+	inter := cfg.Interactive.withDefaults()
+	c := &embeddedConn{eng: eng, db: qdb, log: log, size: size, slots: make(chan struct{}, size),
+		inter: inter, readSlots: make(chan struct{}, inter.Conns)}
 
 	// Create the database on the anchor, which only ever runs under
 	// engineMu, before any pooled connection tries to USE it.
@@ -233,13 +240,21 @@ func removeStaleInsertFiles(dir string, age time.Duration, log *slog.Logger) {
 // Engine implements Conn.
 func (c *embeddedConn) Engine() string { return EngineEmbedded }
 
-// newRaw opens and prepares one pooled connection.
-func (c *embeddedConn) newRaw() (*rawConn, error) {
+// newRaw opens and prepares one pooled connection; an interactive one
+// also gets the read limits, which persist on the connection.
+func (c *embeddedConn) newRaw(interactive bool) (*rawConn, error) {
 	rc, err := guardedConnect(c.eng.lib, []string{"--path=" + c.eng.path}, c.log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: embedded engine connection: %v", ErrUnavailable, err)
 	}
+	rc.interactive = interactive
 	setup := append(append([]string(nil), connectionSettings...), "USE "+c.db)
+	if interactive {
+		for _, kv := range c.inter.settings() {
+			lit, _ := quoteString(kv[1]) // digits, dots and letters: never NUL
+			setup = append(setup, "SET "+kv[0]+" = "+lit)
+		}
+	}
 	for _, q := range setup {
 		if res := rc.query([]byte(q), "TabSeparated"); res.err != "" {
 			rc.close()
@@ -250,6 +265,8 @@ func (c *embeddedConn) newRaw() (*rawConn, error) {
 }
 
 // acquire checks a connection out of the pool, waiting for a free slot.
+// An interactive ctx takes a connection of the interactive pool, waiting
+// at most its QueueTimeout.
 func (c *embeddedConn) acquire(ctx context.Context) (*rawConn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -260,42 +277,55 @@ func (c *embeddedConn) acquire(ctx context.Context) (*rawConn, error) {
 	if closed {
 		return nil, fmt.Errorf("%w: connection closed", ErrUnavailable)
 	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	interactive := IsInteractive(ctx)
+	slots, idle := c.slots, &c.idle
+	if interactive {
+		slots, idle = c.readSlots, &c.readIdle
+		if err := acquireSlot(ctx, slots, c.inter.QueueTimeout); err != nil {
+			return nil, err
+		}
+	} else {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		<-c.slots
+		<-slots
 		return nil, fmt.Errorf("%w: connection closed", ErrUnavailable)
 	}
-	if n := len(c.idle); n > 0 {
-		rc := c.idle[n-1]
-		c.idle = c.idle[:n-1]
+	if n := len(*idle); n > 0 {
+		rc := (*idle)[n-1]
+		*idle = (*idle)[:n-1]
 		c.mu.Unlock()
 		return rc, nil
 	}
 	c.mu.Unlock()
-	rc, err := c.newRaw()
+	rc, err := c.newRaw(interactive)
 	if err != nil {
-		<-c.slots
+		<-slots
 		return nil, err
 	}
 	return rc, nil
 }
 
-// release returns a connection to the pool, or closes it if it is broken.
+// release returns a connection to its pool, or closes it if it is broken.
 func (c *embeddedConn) release(rc *rawConn, broken bool) {
+	slots, idle := c.slots, &c.idle
+	if rc.interactive {
+		slots, idle = c.readSlots, &c.readIdle
+	}
 	c.mu.Lock()
 	if broken || c.closed {
 		rc.close()
 	} else {
-		c.idle = append(c.idle, rc)
+		*idle = append(*idle, rc)
 	}
 	c.mu.Unlock()
-	<-c.slots
+	<-slots
 }
 
 // clearStale runs a no-op query after a failed one: otherwise the next
@@ -599,16 +629,22 @@ func (c *embeddedConn) Close() error {
 	for range c.size {
 		c.slots <- struct{}{}
 	}
+	for range c.inter.Conns {
+		c.readSlots <- struct{}{}
+	}
 	c.mu.Lock()
-	for _, rc := range c.idle {
+	for _, rc := range append(c.idle, c.readIdle...) {
 		rc.close()
 	}
-	c.idle = nil
+	c.idle, c.readIdle = nil, nil
 	c.mu.Unlock()
 	// Free the slots again so that later calls fail fast in acquire
 	// instead of waiting for a slot forever.
 	for range c.size {
 		<-c.slots
+	}
+	for range c.inter.Conns {
+		<-c.readSlots
 	}
 	releaseEngine(c.eng)
 	return nil

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,6 +36,10 @@ const (
 type serverConn struct {
 	conn chdriver.Conn
 	log  *slog.Logger
+	// inter and readSlots bound interactive reads to their own share of
+	// the driver's connections (it opens MaxOpenConns + inter.Conns).
+	inter     InteractiveConfig
+	readSlots chan struct{}
 }
 
 // serverOptions maps Config to clickhouse-go options for database.
@@ -47,6 +52,8 @@ func serverOptions(cfg Config, database string) *clickhouse.Options {
 	if maxOpen <= 0 {
 		maxOpen = defaultServerConns
 	}
+	// Interactive reads have connections of their own on top.
+	maxOpen += cfg.Interactive.withDefaults().Conns
 	return &clickhouse.Options{
 		Protocol: clickhouse.Native,
 		Addr:     cfg.Addr,
@@ -93,7 +100,8 @@ func openServer(ctx context.Context, cfg Config, log *slog.Logger) (Conn, error)
 		return nil, fmt.Errorf("store: ping server %v: %w", cfg.Addr, classifyServerError(err))
 	}
 	log.Info("connected to ClickHouse server", "addr", cfg.Addr, "database", cfg.Database)
-	return &serverConn{conn: conn, log: log}, nil
+	inter := cfg.Interactive.withDefaults()
+	return &serverConn{conn: conn, log: log, inter: inter, readSlots: make(chan struct{}, inter.Conns)}, nil
 }
 
 // classifyServerError maps clickhouse-go errors onto QueryError and
@@ -142,8 +150,40 @@ func withParams(ctx context.Context, params []Param) (context.Context, error) {
 // Engine implements Conn.
 func (c *serverConn) Engine() string { return EngineServer }
 
+// interactive takes an interactive-read slot when ctx is interactive and
+// adds the read limits to the statement's settings (merged with extra). It
+// returns the context to run with and the function that frees the slot.
+func (c *serverConn) interactive(ctx context.Context, extra clickhouse.Settings) (context.Context, func(), error) {
+	if !IsInteractive(ctx) {
+		if extra != nil {
+			ctx = clickhouse.Context(ctx, clickhouse.WithSettings(extra))
+		}
+		return ctx, func() {}, nil
+	}
+	if err := acquireSlot(ctx, c.readSlots, c.inter.QueueTimeout); err != nil {
+		return nil, nil, err
+	}
+	settings := clickhouse.Settings{}
+	for _, kv := range c.inter.settings() {
+		settings[kv[0]] = kv[1]
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	if len(settings) > 0 {
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
+	}
+	var once sync.Once
+	return ctx, func() { once.Do(func() { <-c.readSlots }) }, nil
+}
+
 // Exec implements Conn.
 func (c *serverConn) Exec(ctx context.Context, query string, params ...Param) error {
+	ctx, done, err := c.interactive(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: exec %q: %w", snippet(query), err)
+	}
+	defer done()
 	qctx, err := withParams(ctx, params)
 	if err != nil {
 		return err
@@ -154,17 +194,26 @@ func (c *serverConn) Exec(ctx context.Context, query string, params ...Param) er
 	return nil
 }
 
-// Query implements Conn.
+// Query implements Conn. An interactive read holds its slot until the
+// rows are closed: the driver streams them over the connection.
 func (c *serverConn) Query(ctx context.Context, query string, params ...Param) (Rows, error) {
+	ctx, done, err := c.interactive(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("store: query %q: %w", snippet(query), err)
+	}
 	qctx, err := withParams(ctx, params)
 	if err != nil {
+		done()
 		return nil, err
 	}
 	rows, err := c.conn.Query(qctx, query)
 	if err != nil {
+		done()
 		return nil, fmt.Errorf("store: query %q: %w", snippet(query), classifyServerError(err))
 	}
-	return newServerRows(rows), nil
+	r := newServerRows(rows)
+	r.done = done
+	return r, nil
 }
 
 // Insert implements Conn. The dedup token travels as a query setting.
@@ -176,15 +225,21 @@ func (c *serverConn) Insert(ctx context.Context, table string, columns []string,
 	if err != nil {
 		return err
 	}
+	var settings clickhouse.Settings
 	if opts.DedupToken != "" {
 		if strings.IndexByte(opts.DedupToken, 0) >= 0 {
 			return fmt.Errorf("store: insert into %s: dedup token: %w", table, errNUL)
 		}
-		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		settings = clickhouse.Settings{
 			"insert_deduplication_token":                         opts.DedupToken,
 			"deduplicate_blocks_in_dependent_materialized_views": 1,
-		}))
+		}
 	}
+	ctx, done, err := c.interactive(ctx, settings)
+	if err != nil {
+		return fmt.Errorf("store: insert into %s: %w", table, err)
+	}
+	defer done()
 	batch, err := c.conn.PrepareBatch(ctx, head)
 	if err != nil {
 		return fmt.Errorf("store: insert into %s: %w", table, classifyServerError(err))
@@ -467,6 +522,7 @@ type serverRows struct {
 	ptrs  []any
 	cur   []any
 	err   error
+	done  func() // frees an interactive-read slot; nil otherwise
 }
 
 func newServerRows(rows chdriver.Rows) *serverRows {
@@ -516,7 +572,13 @@ func (r *serverRows) Err() error {
 }
 
 // Close implements Rows.
-func (r *serverRows) Close() error { return r.rows.Close() }
+func (r *serverRows) Close() error {
+	err := r.rows.Close()
+	if r.done != nil {
+		r.done()
+	}
+	return err
+}
 
 // sortedMap must satisfy clickhouse-go's ordered-map interface, or the
 // driver would reject it instead of appending it in order.

@@ -54,6 +54,9 @@ type Config struct {
 	// (default 4 embedded, 8 server). Embedded connections run queries in
 	// parallel, so this is also the embedded engine's query concurrency.
 	MaxOpenConns int
+	// Interactive configures the connections and limits of interactive
+	// reads (see Interactive); they come on top of MaxOpenConns.
+	Interactive InteractiveConfig
 }
 
 // Param binds a value to a {name:Type} placeholder of a statement.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/billing"
 	"github.com/meterline/meterline/ingest"
@@ -41,6 +42,7 @@ type Config struct {
 	Limits     limits.Config          `yaml:"limits"`
 	Billing    billing.Config         `yaml:"billing"`
 	Auth       AuthConfig             `yaml:"auth"`
+	API        api.ReadConfig         `yaml:"api"`
 }
 
 // HTTPConfig configures the API server.
@@ -191,6 +193,7 @@ func (c *Config) applyDefaults() {
 	if c.Auth.ReloadEvery == 0 {
 		c.Auth.ReloadEvery = 10 * time.Second
 	}
+	c.API = c.API.WithDefaults()
 }
 
 // Validate reports every invalid setting at once.
@@ -213,7 +216,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Events.UnknownKeys.Validate())
 	errs = append(errs, c.Kafka.Validate(), c.Privacy.Anonymizer.Validate(), c.Privacy.Config.Validate(), c.Collector.Validate(), c.Sink.Validate(),
-		c.Aggregate.Validate(), c.Limits.Validate())
+		c.Aggregate.Validate(), c.Limits.Validate(), c.API.Validate())
 	if !validIdent(c.ClickHouse.Database) {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %q must match [A-Za-z_][A-Za-z0-9_]*", c.ClickHouse.Database))
 	}
@@ -416,6 +419,12 @@ func setFromString(f reflect.Value, s string) error {
 			return fmt.Errorf("%q is not an integer", s)
 		}
 		f.SetInt(n)
+	case reflect.Float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		f.SetFloat(x)
 	default:
 		return fmt.Errorf("cannot be set from the environment (type %s); use the config file", f.Type())
 	}

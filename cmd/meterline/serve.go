@@ -84,6 +84,7 @@ func storeConfig(c *Config) (store.Config, error) {
 		DataDir:        c.ClickHouse.DataDir,
 		MaxMemoryBytes: c.ClickHouse.MaxMemoryBytes,
 		DialTimeout:    10 * time.Second,
+		Interactive:    c.API.Store(),
 	}, nil
 }
 
@@ -238,7 +239,14 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		col := ingest.NewCollector(cfg.Collector, cfg.EventOptions(), cfg.Privacy.Anonymizer, tokens, w, reg, log.With("role", roleCollector))
 		checkOwners(cfg, col, registry, log)
 		mux.Handle("/v1/events", col)
-		checks = append(checks, readyCheck{"kafka", func(ctx context.Context) error { return kafkaReachable(ctx, cfg.Kafka) }})
+		// /readyz answers from a background check over one client: a
+		// probe called every second must not open a connection each time.
+		probe, err := ingest.NewKafkaProbe(cfg.Kafka, 0)
+		if err != nil {
+			return err
+		}
+		goRun("kafka probe", probe.Run)
+		checks = append(checks, readyCheck{"kafka", probe.Check})
 	}
 	if has(roleSink) {
 		sink, err := ingest.NewSink(cfg.Sink, cfg.Kafka, cfg.EventOptions(), cfg.Privacy.Anonymizer, db, reg, log.With("role", roleSink))
@@ -274,13 +282,16 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			goRun("alert lease", lease.Run)
 		}
 		goRun("limits view", view.Run)
-		mux.Handle("/v1/usage", api.NewUsageHandler(querier, tokens))
+		// Reads that query the store are limited per token and run on
+		// connections of their own; limits are served from memory.
+		readLimiter := api.NewLimiter(cfg.API, reg)
+		mux.Handle("/v1/usage", api.ReadEndpoint(readLimiter, tokens, api.NewUsageHandler(querier, tokens)))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
-		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
+		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		goRun("erasures", erasures.Run)
-		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay,
+		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay, ReadLimiter: readLimiter,
 			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
 	}
 	if has(roleBilling) {
@@ -437,11 +448,6 @@ func readyHandler(checks []readyCheck) http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-}
-
-// kafkaReachable answers whether the events topic's metadata can be read.
-func kafkaReachable(ctx context.Context, k ingest.KafkaConfig) error {
-	return ingest.Ping(ctx, k)
 }
 
 // drain keeps serving for d with /readyz answering 503, so that load
