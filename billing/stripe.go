@@ -26,10 +26,14 @@ type answer struct {
 	errText     string // empty on success
 	shouldRetry string // Stripe-Should-Retry header: "true", "false" or ""
 	retryAfter  time.Duration
+	// duplicate: Stripe refused a meter event because it already holds an
+	// event with its identifier, which proves the report applied.
+	duplicate bool
 }
 
 // outcome classifies an answer: acknowledged (2xx: applied, or the stored
-// result of an earlier identical request), failed (refused with a 4xx
+// result of an earlier identical request; or a meter event refused as a
+// duplicate of an identifier Stripe holds: that earlier request applied), failed (refused with a 4xx
 // that is not 409 or 429: not applied, retrying the same request cannot
 // help), or retrying (no answer, 409, 429 or 5xx: unknown or transient).
 // Stripe-Should-Retry: true makes any error retrying; false makes a 4xx
@@ -37,6 +41,8 @@ type answer struct {
 // stays open, but this run stops retrying it).
 func (a answer) outcome() string {
 	switch {
+	case a.duplicate:
+		return resultAcknowledged
 	case a.status >= 200 && a.status < 300 && a.errText == "":
 		return resultAcknowledged
 	case a.shouldRetry == "true":
@@ -114,7 +120,20 @@ func (s *stripeAPI) MeterEvent(ctx context.Context, r *report, key string) answe
 		a.requestID = ev.LastResponse.RequestID
 		a.objectID = ev.Identifier
 	}
+	var se *stripe.Error
+	if errors.As(err, &se) && isDuplicateIdentifier(se) {
+		a.duplicate, a.objectID = true, r.identifier
+	}
 	return a
+}
+
+// isDuplicateIdentifier tells Stripe's refusal of a meter event whose
+// identifier it already holds: 400 invalid_request_error "An event
+// already exists with identifier <identifier>." (with Stripe-Should-Retry:
+// false). Stripe gives it no error code, so the message is matched.
+func isDuplicateIdentifier(se *stripe.Error) bool {
+	msg := strings.ToLower(se.Msg)
+	return se.HTTPStatusCode == http.StatusBadRequest && strings.Contains(msg, "already exists") && strings.Contains(msg, "identifier")
 }
 
 func (s *stripeAPI) UsageRecord(ctx context.Context, r *report, key string) answer {

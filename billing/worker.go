@@ -252,6 +252,7 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 	}
 	slices.Sort(windows)
 	span := w.cfg.windowSpan()
+windows:
 	for _, ws := range windows {
 		if ctx.Err() != nil {
 			return
@@ -275,6 +276,12 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 				case resultAcknowledged:
 					covered = covered.Add(r.quantity)
 				case stateOpen:
+					if r.lastResult == resultFailed {
+						// Refused after an answer of unknown outcome: it may
+						// be applied, so nothing else is sent for the window
+						// until Stripe says which (the next run re-sends it).
+						continue windows
+					}
 					return // Stripe does not answer for this customer: the next run resumes
 				}
 			}
@@ -307,7 +314,7 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 		}
 		r.identifier = meterIdentifier(j.customer, j.plan.EventName, start, u)
 		continueKeys(r, byWindow[ws])
-		if w.send(ctx, r, st) == stateOpen {
+		if w.send(ctx, r, st) == stateOpen && r.lastResult != resultFailed {
 			return
 		}
 	}
@@ -352,9 +359,14 @@ func (w *Worker) usageCustomer(ctx context.Context, settled, prevPeriod time.Tim
 		if last == nil && whole.IsZero() || last != nil && last.quantity.Equal(whole) {
 			continue
 		}
+		// Never before any total sent for the period, whatever its
+		// outcome: one Stripe applied without telling (a 5xx) must not
+		// outrank the new total under last_during_period.
 		ts := asOf.Add(-time.Second)
-		if last != nil && ts.Before(last.stripeTimestamp) {
-			ts = last.stripeTimestamp
+		for _, r := range mine {
+			if ts.Before(r.stripeTimestamp) {
+				ts = r.stripeTimestamp
+			}
 		}
 		r := &report{
 			customerID: j.customer, stripeCustomerID: j.billing.StripeCustomerID, mode: ModeUsageRecords,
@@ -435,6 +447,9 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 			a = w.api.UsageRecord(ctx, r, key)
 		}
 		res := a.outcome()
+		if res == resultRetrying && a.status >= 500 {
+			r.markUncertain(time.Now())
+		}
 		if w.afterAnswer != nil {
 			w.afterAnswer(res == resultAcknowledged)
 		}
@@ -460,9 +475,19 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 		case resultAcknowledged:
 			r.acked, r.requestID = true, a.requestID
 			w.m.units.WithLabelValues(r.mode).Add(r.quantity.InexactFloat64())
+			if a.duplicate {
+				log.Info("billing: Stripe already holds this identifier (an earlier attempt applied): acknowledged",
+					"idempotency_key", key, "stripe_request_id", a.requestID, "attempt", r.attempts)
+				return resultAcknowledged
+			}
 			log.Info("billing: reported to Stripe", "idempotency_key", key, "stripe_request_id", a.requestID, "attempt", r.attempts)
 			return resultAcknowledged
 		case resultFailed:
+			if r.state() == stateOpen {
+				log.Warn("billing: Stripe refused a report after an answer of unknown outcome (5xx); it may be applied, so it stays open and is re-sent under the same identifier",
+					"idempotency_key", key, "status", a.status, "stripe_request_id", a.requestID, "stripe_error", a.errText)
+				return stateOpen
+			}
 			log.Error("billing: Stripe refused the report; it is reported again by a later run",
 				"idempotency_key", key, "status", a.status, "stripe_request_id", a.requestID, "stripe_error", a.errText)
 			return resultFailed

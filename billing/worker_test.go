@@ -135,7 +135,7 @@ func TestBillingFaultsBillNothingTwiceAndMissNothing(t *testing.T) {
 			t.Errorf("fault %s was never injected", fk)
 		}
 	}
-	t.Logf("requests by fault: %v; duplicate identifiers dropped by the stand-in: %d", seen, s.DuplicatesDropped())
+	t.Logf("requests by fault: %v; duplicate identifiers refused by the stand-in: %d", seen, s.DuplicatesRefused())
 
 	// A run with nothing new sends nothing.
 	before := len(s.Requests())

@@ -190,8 +190,8 @@ func TestBillingKilledAfterSendDoesNotBillTwice(t *testing.T) {
 		fmt.Sscan(e.Value, &v)
 		kept[e.Timestamp] += v
 	}
-	if len(kept) != 2 || kept[w1.Unix()] != 4.25 || kept[w2.Unix()] != 5.25 || s.DuplicatesDropped() != 0 {
-		t.Fatalf("meter events at Stripe: %v (duplicates dropped %d)", kept, s.DuplicatesDropped())
+	if len(kept) != 2 || kept[w1.Unix()] != 4.25 || kept[w2.Unix()] != 5.25 || s.DuplicatesRefused() != 0 {
+		t.Fatalf("meter events at Stripe: %v (duplicates refused %d)", kept, s.DuplicatesRefused())
 	}
 	// globex (usage records): the period-to-date total, whole units.
 	for p := range periods {
