@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
@@ -67,6 +68,20 @@ type StripeAPI interface {
 	// MeteredItems lists the metered subscription items of a Stripe
 	// customer's active subscriptions.
 	MeteredItems(ctx context.Context, stripeCustomerID string) ([]SubscriptionItem, error)
+	// MeterSummaries returns what Stripe's meter of eventName holds for a
+	// customer in [from, to), per hour (Unix seconds of the hour's start).
+	MeterSummaries(ctx context.Context, eventName, stripeCustomerID string, from, to time.Time) (map[int64]decimal.Decimal, error)
+	// UsageSummaries returns the usage record summaries of a subscription
+	// item: one per billing period of its subscription.
+	UsageSummaries(ctx context.Context, item string) ([]UsageSummary, error)
+}
+
+// UsageSummary is Stripe's usage total of a subscription item over one of
+// its subscription's billing periods.
+type UsageSummary struct {
+	Start, End time.Time
+	Total      int64
+	Invoice    string
 }
 
 // SubscriptionItem is a metered item found by MeteredItems.
@@ -79,6 +94,9 @@ type SubscriptionItem struct {
 // Retry-After and Stripe-Should-Retry are honoured.
 type stripeAPI struct {
 	api *client.API
+
+	mu     sync.Mutex
+	meters map[string]string // event name -> meter id
 }
 
 // NewStripeAPI returns the Stripe client of cfg: cfg.StripeAPIURL (empty
@@ -175,6 +193,84 @@ func (s *stripeAPI) MeteredItems(ctx context.Context, stripeCustomerID string) (
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list subscriptions of %s: %s", stripeCustomerID, toAnswer(err, nil).errText)
+	}
+	return out, nil
+}
+
+// meterID finds the active meter of an event name (listed once per client).
+func (s *stripeAPI) meterID(ctx context.Context, eventName string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.meters[eventName]; ok {
+		return id, nil
+	}
+	p := &stripe.BillingMeterListParams{Status: stripe.String(string(stripe.BillingMeterStatusActive))}
+	p.Context = ctx
+	found := map[string]string{}
+	it := s.api.BillingMeters.List(p)
+	for it.Next() {
+		m := it.BillingMeter()
+		if m.DefaultAggregation != nil && m.DefaultAggregation.Formula != stripe.BillingMeterDefaultAggregationFormulaSum {
+			continue // a count meter does not hold the values Meterline sends
+		}
+		if _, dup := found[m.EventName]; !dup {
+			found[m.EventName] = m.ID
+		}
+	}
+	if err := it.Err(); err != nil {
+		return "", fmt.Errorf("list meters: %s", toAnswer(err, nil).errText)
+	}
+	s.meters = found
+	id, ok := found[eventName]
+	if !ok {
+		return "", fmt.Errorf("Stripe has no active meter with event_name %q that sums values", eventName)
+	}
+	return id, nil
+}
+
+func (s *stripeAPI) MeterSummaries(ctx context.Context, eventName, stripeCustomerID string, from, to time.Time) (map[int64]decimal.Decimal, error) {
+	id, err := s.meterID(ctx, eventName)
+	if err != nil {
+		return nil, err
+	}
+	p := &stripe.BillingMeterEventSummaryListParams{
+		ID:                  stripe.String(id),
+		Customer:            stripe.String(stripeCustomerID),
+		StartTime:           stripe.Int64(from.Unix()),
+		EndTime:             stripe.Int64(to.Unix()),
+		ValueGroupingWindow: stripe.String("hour"),
+	}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	out := map[int64]decimal.Decimal{}
+	it := s.api.BillingMeterEventSummaries.List(p)
+	for it.Next() {
+		e := it.BillingMeterEventSummary()
+		h := time.Unix(e.StartTime, 0).UTC().Truncate(time.Hour).Unix()
+		out[h] = out[h].Add(decimal.NewFromFloat(e.AggregatedValue))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("meter event summaries of %s on meter %s: %s", stripeCustomerID, id, toAnswer(err, nil).errText)
+	}
+	return out, nil
+}
+
+func (s *stripeAPI) UsageSummaries(ctx context.Context, item string) ([]UsageSummary, error) {
+	p := &stripe.UsageRecordSummaryListParams{SubscriptionItem: stripe.String(item)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	var out []UsageSummary
+	it := s.api.UsageRecordSummaries.List(p)
+	for it.Next() {
+		u := it.UsageRecordSummary()
+		us := UsageSummary{Total: u.TotalUsage, Invoice: u.Invoice}
+		if u.Period != nil {
+			us.Start, us.End = time.Unix(u.Period.Start, 0).UTC(), time.Unix(u.Period.End, 0).UTC()
+		}
+		out = append(out, us)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("usage record summaries of %s: %s", item, toAnswer(err, nil).errText)
 	}
 	return out, nil
 }

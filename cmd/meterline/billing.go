@@ -168,8 +168,8 @@ func runBilling(args []string, stdout, stderr io.Writer) error {
 	const synopsis = `Usage: meterline billing <subcommand> [flags]
 
   run [--once]                 report settled usage to Stripe (once, or every billing.interval)
-  reconcile --period YYYY-MM   per customer: units in rollups, reported, acknowledged, difference and reason
-                               [--csv] CSV for finance; exits 1 on an unexplained difference
+  reconcile --period YYYY-MM   per customer: units in rollups, reported, acknowledged, held by Stripe, difference and reason
+                               [--csv] CSV for finance; [--ledger-only] without reading Stripe; exits 1 on an unexplained difference
   sync [--write]               fill subscription items of usage_records plans from Stripe
 `
 	if len(args) == 0 {
@@ -244,6 +244,7 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 	periodFlag := fs.String("period", "", "billing `period` (calendar month, UTC), e.g. 2026-11; required")
 	asCSV := fs.Bool("csv", false, "write CSV (for finance) instead of a table")
 	output := fs.String("output", "", "write to this `file` instead of standard output")
+	ledgerOnly := fs.Bool("ledger-only", false, "compare the rollups with the ledger only, without reading what Stripe holds")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -281,8 +282,15 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	rec, err := billing.Reconcile(ctx, db, cfg.Billing, mapping, plans, period, time.Now())
+	var api billing.StripeAPI
+	if mapping != nil && !*ledgerOnly {
+		api = billing.NewStripeAPI(cfg.Billing)
+	}
+	rec, err := billing.ReconcileWithStripe(ctx, db, cfg.Billing, mapping, plans, api, period, time.Now())
 	if err != nil {
+		if api != nil {
+			return fmt.Errorf("%w (--ledger-only compares with the ledger alone)", err)
+		}
 		return err
 	}
 	out := stdout
