@@ -67,7 +67,7 @@ type Worker struct {
 	m       *metrics
 	log     *slog.Logger
 
-	afterAnswer func(acknowledged bool)
+	afterAnswer func(acknowledged bool, status int)
 	mu          sync.Mutex // guards a run: one at a time
 }
 
@@ -94,9 +94,10 @@ func NewWorker(cfg Config, db store.Conn, mapping *Mapping, plans Plans, api Str
 func (w *Worker) SetMapping(m *Mapping) { w.mapping.Store(m) }
 
 // SetAfterAnswer installs a fault-injection hook called after Stripe
-// answered a request and before the answer is recorded in the ledger.
-// Only tests use it (see METERLINE_TEST_BILLING_CRASH_AFTER_SEND).
-func (w *Worker) SetAfterAnswer(f func(acknowledged bool)) { w.afterAnswer = f }
+// answered a request (acknowledged or not, with its HTTP status, 0 for no
+// answer) and before the answer is recorded in the ledger. Only tests use
+// it (see METERLINE_TEST_BILLING_CRASH_AFTER_SEND).
+func (w *Worker) SetAfterAnswer(f func(acknowledged bool, status int)) { w.afterAnswer = f }
 
 // Run reports every Interval until ctx ends, and once more when the last
 // window of a period settles (the period's final report).
@@ -451,7 +452,7 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 			r.markUncertain(time.Now())
 		}
 		if w.afterAnswer != nil {
-			w.afterAnswer(res == resultAcknowledged)
+			w.afterAnswer(res == resultAcknowledged, a.status)
 		}
 		// Recorded even when ctx ended: the answer is known now.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

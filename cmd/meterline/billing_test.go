@@ -103,6 +103,7 @@ func TestBillingKilledAfterSendDoesNotBillTwice(t *testing.T) {
 	testenv.Require(t, testenv.EnvChdb)
 	s := billingtest.New()
 	defer s.Close()
+	s.AddMeter("api_units") // the meter the mapping names, as set up in Stripe
 	cfg := writeBillingStack(t, s.URL)
 	if _, stderr, code, _ := billingCLI(t, nil, "migrate", "--config", cfg); code != 0 {
 		t.Fatalf("migrate: %s", stderr)
