@@ -159,6 +159,8 @@ func TestBillingFaultsBillNothingTwiceAndMissNothing(t *testing.T) {
 			t.Errorf("reconciliation of %s: unexplained %s (%v)", l.CustomerID, l.Unexplained, l.Reasons)
 		}
 	}
+	// And against what Stripe holds: exactly the rollups.
+	reconcileClean(t, f, s, cfg)
 }
 
 // TestBillingLateUsageIsASeparateCorrection checks the correction rule: a
