@@ -161,6 +161,20 @@ func ReconcileWithStripe(ctx context.Context, db store.Conn, cfg Config, mapping
 	if err != nil {
 		return nil, err
 	}
+	// One line reads a Stripe customer's holdings: when an erased
+	// customer still in the mapping shares its Stripe customer with its
+	// pseudonym's line, the line with ledger reports (the pseudonym's)
+	// does, so the same Stripe units are not compared twice.
+	stripeOwner := map[string]string{}
+	for _, c := range ids {
+		sid := stripeIDs[c]
+		if sid == "" && len(reports[c]) > 0 {
+			sid = reports[c][0].stripeCustomerID
+		}
+		if o, ok := stripeOwner[sid]; !ok || len(reports[o]) == 0 && len(reports[c]) > 0 {
+			stripeOwner[sid] = c
+		}
+	}
 	recent := now.Add(-2 * cfg.Interval)
 	for _, c := range ids {
 		l := ReconLine{CustomerID: c, StripeCustomerID: stripeIDs[c], Mode: modes[c]}
@@ -178,11 +192,14 @@ func ReconcileWithStripe(ctx context.Context, db store.Conn, cfg Config, mapping
 		}
 		var held map[int64]decimal.Decimal
 		var heldUsage *decimal.Decimal
-		if api != nil && target != "" && l.StripeCustomerID != "" {
+		if api != nil && target != "" && l.StripeCustomerID != "" && stripeOwner[l.StripeCustomerID] == c {
 			var err error
 			switch l.Mode {
 			case ModeMeterEvents:
-				held, err = api.MeterSummaries(ctx, target, l.StripeCustomerID, period, minTime(end, now.Truncate(time.Hour).Add(time.Hour)))
+				held = map[int64]decimal.Decimal{}
+				if to := minTime(end, now.Truncate(time.Hour).Add(time.Hour)); to.After(period) {
+					held, err = api.MeterSummaries(ctx, target, l.StripeCustomerID, period, to)
+				}
 				for _, v := range held {
 					l.Stripe = l.Stripe.Add(v)
 				}
