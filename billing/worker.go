@@ -477,6 +477,7 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 			r.acked, r.requestID = true, a.requestID
 			w.m.units.WithLabelValues(r.mode).Add(r.quantity.InexactFloat64())
 			if a.duplicate {
+				w.m.duplicates.Inc()
 				log.Info("billing: Stripe already holds this identifier (an earlier attempt applied): acknowledged",
 					"idempotency_key", key, "stripe_request_id", a.requestID, "attempt", r.attempts)
 				return resultAcknowledged
@@ -522,7 +523,7 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 
 // abandon records that an open report will not be re-sent.
 func (w *Worker) abandon(ctx context.Context, r *report, st *RunStats) {
-	reason := "no acknowledgement within 23h of the first attempt: Stripe no longer guarantees that a repeat is dropped, so it is not sent again; check the meter's events in Stripe (last error: " + r.lastError + ")"
+	reason := "no acknowledgement within 23h of the first attempt: Stripe no longer guarantees that a repeat is refused as a duplicate identifier, so it is not sent again; check the meter's events in Stripe (last error: " + r.lastError + ")"
 	if err := appendRows(ctx, w.db, r.row(r.key, resultAbandoned, answer{}, r.attempts, reason, time.Now())); err != nil {
 		w.m.errors.WithLabelValues("ledger").Inc()
 		w.log.Error("billing: recording an abandoned report failed", "customer_id", r.customerID, "err", err)
@@ -599,6 +600,7 @@ type metrics struct {
 	runSeconds prometheus.Histogram
 	lastRun    prometheus.Gauge
 	open       prometheus.Gauge
+	duplicates prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -617,9 +619,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "End of the last billing run that completed."}),
 		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterline_billing_open_reports",
 			Help: "Reports left unanswered by the last run (resumed by the next)."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "meterline_billing_duplicate_identifiers_total",
+			Help: "Meter events Stripe refused as a duplicate identifier, recorded as acknowledged (an earlier attempt of unknown outcome had applied)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.reports, m.errors, m.units, m.runs, m.runSeconds, m.lastRun, m.open} {
+		for _, c := range []prometheus.Collector{m.reports, m.errors, m.units, m.runs, m.runSeconds, m.lastRun, m.open, m.duplicates} {
 			// A second worker in one process (tests) keeps its own
 			// unregistered metrics.
 			_ = reg.Register(c)
