@@ -34,9 +34,9 @@ type answer struct {
 
 // outcome classifies an answer: acknowledged (2xx: applied, or the stored
 // result of an earlier identical request; or a meter event refused as a
-// duplicate of an identifier Stripe holds: that earlier request applied), failed (refused with a 4xx
-// that is not 409 or 429: not applied, retrying the same request cannot
-// help), or retrying (no answer, 409, 429 or 5xx: unknown or transient).
+// duplicate of an identifier Stripe holds, which an earlier attempt
+// applied), failed (refused with a 4xx that is not 409 or 429: not
+// applied, retrying the same request cannot help), or retrying (no answer, 409, 429 or 5xx: unknown or transient).
 // Stripe-Should-Retry: true makes any error retrying; false makes a 4xx
 // failed (a 5xx stays retrying: it may have been applied, so the report
 // stays open, but this run stops retrying it).
@@ -247,7 +247,8 @@ func (s *stripeAPI) MeterSummaries(ctx context.Context, eventName, stripeCustome
 	for it.Next() {
 		e := it.BillingMeterEventSummary()
 		h := time.Unix(e.StartTime, 0).UTC().Truncate(time.Hour).Unix()
-		out[h] = out[h].Add(decimal.NewFromFloat(e.AggregatedValue))
+		// Stripe sums in floating point; the ledger's values have 6 decimals.
+		out[h] = out[h].Add(decimal.NewFromFloat(e.AggregatedValue)).Round(6)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("meter event summaries of %s on meter %s: %s", stripeCustomerID, id, toAnswer(err, nil).errText)
