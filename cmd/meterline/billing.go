@@ -263,7 +263,7 @@ func runBillingRun(args []string, stdout, stderr io.Writer) error {
 }
 
 func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE]", stderr)
+	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE] [--ledger-only]", stderr)
 	var cf commonFlags
 	cf.register(fs)
 	periodFlag := fs.String("period", "", "billing `period` (calendar month, UTC), e.g. 2026-11; required")
