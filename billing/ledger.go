@@ -61,12 +61,21 @@ type report struct {
 	firstAt    time.Time
 	// openSince is the first pending row after the last refusal: since
 	// then Stripe may hold the identifier (zero when never sent since).
-	openSince  time.Time
-	acked      bool
-	abandoned  bool
-	unbillable bool
-	requestID  string // Request-Id of the acknowledgement
-	lastError  string
+	// For an uncertain meter event it is at the latest uncertainSince.
+	openSince time.Time
+	// uncertain: an attempt was answered with a 5xx, whose outcome Stripe
+	// leaves indeterminate (it may have been applied), and no answer
+	// since proved the identifier held (an acknowledgement, or a refusal
+	// as a duplicate identifier, which is recorded as one). A later
+	// refusal does not prove such a meter event unapplied, so it stays
+	// open: re-sent under the same identifier, never replaced by another.
+	uncertain      bool
+	uncertainSince time.Time
+	acked          bool
+	abandoned      bool
+	unbillable     bool
+	requestID      string // Request-Id of the acknowledgement
+	lastError      string
 }
 
 // state is acknowledged, unbillable, abandoned, failed or open.
@@ -78,10 +87,21 @@ func (r *report) state() string {
 		return resultUnbillable
 	case r.abandoned:
 		return resultAbandoned
-	case r.lastResult == resultFailed:
+	case r.lastResult == resultFailed && !(r.mode == ModeMeterEvents && r.uncertain):
 		return resultFailed
 	default:
 		return stateOpen
+	}
+}
+
+// markUncertain records an answer whose outcome Stripe leaves
+// indeterminate (a 5xx: some requests are applied before it).
+func (r *report) markUncertain(at time.Time) {
+	if !r.uncertain {
+		r.uncertain, r.uncertainSince = true, at
+	}
+	if r.openSince.IsZero() || r.openSince.Unix() <= 0 || r.uncertainSince.Before(r.openSince) {
+		r.openSince = r.uncertainSince
 	}
 }
 
@@ -172,7 +192,9 @@ const readReportsSQL = `SELECT customer_id, identifier,
     argMaxIf(stripe_request_id, attempted_at, result = 'acknowledged'),
     argMaxIf(error, attempted_at, error != ''),
     arrayMin(arrayFilter(x -> x > last_failed_at, groupArrayIf(attempted_at, result = 'pending'))) AS open_since,
-    maxIf(attempted_at, result = 'failed') AS last_failed_at
+    maxIf(attempted_at, result = 'failed') AS last_failed_at,
+    max(result = 'retrying' AND http_status >= 500) AS uncertain,
+    minIf(attempted_at, result = 'retrying' AND http_status >= 500) AS uncertain_since
 FROM billing_ledger
 WHERE customer_id IN {customers:Array(String)}
   AND window_start >= {from:DateTime('UTC')} AND window_start < {to:DateTime('UTC')}
@@ -194,10 +216,12 @@ func readReports(ctx context.Context, db store.Conn, customers []string, from, t
 	for rows.Next() {
 		r := &report{}
 		var qty, cum string
-		var status, attempts, keys, acked, abandoned, unbillable int64
+		var status, attempts, keys, acked, abandoned, unbillable, uncertain int64
+		var uncertainSince time.Time
 		if err := rows.Scan(&r.customerID, &r.identifier, &r.stripeCustomerID, &r.mode, &r.target, &r.periodStart,
 			&r.windowStart, &r.windowEnd, &r.stripeTimestamp, &qty, &cum, &r.key, &r.lastResult, &status,
-			&attempts, &keys, &r.firstAt, &acked, &abandoned, &unbillable, &r.requestID, &r.lastError, &r.openSince, new(time.Time)); err != nil {
+			&attempts, &keys, &r.firstAt, &acked, &abandoned, &unbillable, &r.requestID, &r.lastError, &r.openSince, new(time.Time),
+			&uncertain, &uncertainSince); err != nil {
 			return nil, fmt.Errorf("billing: read ledger: %w", err)
 		}
 		if r.quantity, err = decimal.NewFromString(qty); err != nil {
@@ -208,6 +232,9 @@ func readReports(ctx context.Context, db store.Conn, customers []string, from, t
 		}
 		r.lastStatus, r.attempts, r.keys = int(status), int(attempts), int(keys)
 		r.acked, r.abandoned, r.unbillable = acked != 0, abandoned != 0, unbillable != 0
+		if uncertain != 0 && !r.acked {
+			r.markUncertain(uncertainSince)
+		}
 		out[r.customerID] = append(out[r.customerID], r)
 	}
 	if err := rows.Err(); err != nil {

@@ -32,8 +32,16 @@ type ReconLine struct {
 	Acknowledged decimal.Decimal
 	// Unbillable are the units recorded as never to be reported.
 	Unbillable decimal.Decimal
-	// Difference is Rollup - Acknowledged; Unexplained is the part of it no
-	// known reason covers.
+	// Stripe are the units Stripe itself holds for the period (meter
+	// event summaries; for usage records the period's usage record
+	// summary), when StripeRead (ReconcileWithStripe).
+	Stripe     decimal.Decimal
+	StripeRead bool
+	// Difference is Rollup - Stripe when Stripe was read, otherwise
+	// Rollup - Acknowledged; Unexplained is the size of the part of it no
+	// known reason covers, plus the size of any difference between what
+	// Stripe holds and what the ledger says it was sent (sizes add up: a
+	// surplus never cancels a shortfall).
 	Difference  decimal.Decimal
 	Unexplained decimal.Decimal
 	// Reasons explain the difference, each with its units.
@@ -84,6 +92,20 @@ func ParsePeriod(s string) (time.Time, error) {
 // covers is unexplained: settled usage not reported (with Stripe's last
 // refusal, if any) and reports abandoned with an unknown outcome.
 func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping, plans Plans, period, now time.Time) (*Reconciliation, error) {
+	return ReconcileWithStripe(ctx, db, cfg, mapping, plans, nil, period, now)
+}
+
+// ReconcileWithStripe is Reconcile that also reads what Stripe holds (api;
+// nil reads the ledger only): per meter events customer the meter's event
+// summaries per hour of the period, per usage records customer the usage
+// record summary of the period, and compares them with the rollups. A
+// difference between Stripe and the ledger that no report of unknown
+// outcome explains (Stripe holding more than the ledger sent, or less
+// than it acknowledged) is unexplained, so nothing the ledger does not
+// know about is hidden. Stripe aggregates meter events asynchronously:
+// units acknowledged within the last two intervals and not yet in the
+// summaries are explained as such.
+func ReconcileWithStripe(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping, plans Plans, api StripeAPI, period, now time.Time) (*Reconciliation, error) {
 	cfg = cfg.WithDefaults()
 	period = periodStart(period)
 	end := period.AddDate(0, 1, 0)
@@ -99,15 +121,22 @@ func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping,
 	customers := map[string]bool{}
 	modes := map[string]string{}
 	stripeIDs := map[string]string{}
+	targets := map[string]string{} // meter event name or subscription item
 	if mapping != nil {
 		for _, c := range mapping.Customers {
 			customers[c.ID] = true
 			stripeIDs[c.ID] = c.StripeCustomerID
+			if c.SubscriptionItem != "" {
+				targets[c.ID] = c.SubscriptionItem
+			}
 		}
 		if plans != nil {
 			for _, c := range plans.Customers() {
 				if p, ok := mapping.Plan(c.Plan); ok && customers[c.ID] {
 					modes[c.ID] = p.Mode
+					if p.Mode == ModeMeterEvents {
+						targets[c.ID] = p.EventName
+					}
 				}
 			}
 		}
@@ -132,15 +161,64 @@ func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping,
 	if err != nil {
 		return nil, err
 	}
+	// One line reads a Stripe customer's holdings: when an erased
+	// customer still in the mapping shares its Stripe customer with its
+	// pseudonym's line, the line with ledger reports (the pseudonym's)
+	// does, so the same Stripe units are not compared twice.
+	stripeOwner := map[string]string{}
+	for _, c := range ids {
+		sid := stripeIDs[c]
+		if sid == "" && len(reports[c]) > 0 {
+			sid = reports[c][0].stripeCustomerID
+		}
+		if o, ok := stripeOwner[sid]; !ok || len(reports[o]) == 0 && len(reports[c]) > 0 {
+			stripeOwner[sid] = c
+		}
+	}
 	recent := now.Add(-2 * cfg.Interval)
 	for _, c := range ids {
 		l := ReconLine{CustomerID: c, StripeCustomerID: stripeIDs[c], Mode: modes[c]}
+		target := targets[c]
 		for _, r := range reports[c] {
 			if l.Mode == "" {
 				l.Mode = r.mode
 			}
 			if l.StripeCustomerID == "" {
 				l.StripeCustomerID = r.stripeCustomerID
+			}
+			if target == "" && r.mode == l.Mode {
+				target = r.target
+			}
+		}
+		var held map[int64]decimal.Decimal
+		var heldUsage *decimal.Decimal
+		if api != nil && target != "" && l.StripeCustomerID != "" && stripeOwner[l.StripeCustomerID] == c {
+			var err error
+			switch l.Mode {
+			case ModeMeterEvents:
+				held = map[int64]decimal.Decimal{}
+				if to := minTime(end, now.Truncate(time.Hour).Add(time.Hour)); to.After(period) {
+					held, err = api.MeterSummaries(ctx, target, l.StripeCustomerID, period, to)
+				}
+				for _, v := range held {
+					l.Stripe = l.Stripe.Add(v)
+				}
+				l.StripeRead = err == nil
+			case ModeUsageRecords:
+				var sums []UsageSummary
+				sums, err = api.UsageSummaries(ctx, target)
+				total := decimal.Zero
+				for _, u := range sums {
+					// The summary of the subscription period that starts in
+					// this calendar month (Meterline's period).
+					if !u.Start.Before(period) && u.Start.Before(end) {
+						total = total.Add(decimal.NewFromInt(u.Total))
+					}
+				}
+				heldUsage, l.Stripe, l.StripeRead = &total, total, err == nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("billing: reading what Stripe holds for customer %s: %w", c, err)
 			}
 		}
 		for _, u := range units[c] {
@@ -156,7 +234,8 @@ func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping,
 		markUnexplained := func(why string, d decimal.Decimal) {
 			if !d.IsZero() {
 				explain(why, d)
-				l.Unexplained = l.Unexplained.Add(d)
+				// By size: a surplus at Stripe must not cancel a shortfall.
+				l.Unexplained = l.Unexplained.Add(d.Abs())
 				if !slices.Contains(unexplained, why) {
 					unexplained = append(unexplained, why)
 				}
@@ -164,14 +243,17 @@ func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping,
 		}
 		switch l.Mode {
 		case ModeMeterEvents:
-			reconcileMeter(&l, cfg, units[c], reports[c], settled, recent, span, explain, markUnexplained)
+			reconcileMeter(&l, cfg, units[c], reports[c], held, settled, recent, span, explain, markUnexplained)
 		case ModeUsageRecords:
-			reconcileUsage(&l, cfg, units[c], reports[c], period, settled, recent, explain, markUnexplained)
+			reconcileUsage(&l, cfg, units[c], reports[c], heldUsage, period, settled, recent, explain, markUnexplained)
 		default:
 			l.Mode = "-"
 			explain("not billed through Stripe (no mapping)", l.Rollup)
 		}
 		l.Difference = l.Rollup.Sub(l.Acknowledged)
+		if l.StripeRead {
+			l.Difference = l.Rollup.Sub(l.Stripe)
+		}
 		if strings.HasPrefix(c, privacy.PseudonymPrefix) && l.Unexplained.IsZero() {
 			// An erased customer: its rollups were deleted on request and its
 			// billing records kept under a pseudonym, so all it was billed
@@ -193,8 +275,11 @@ func Reconcile(ctx context.Context, db store.Conn, cfg Config, mapping *Mapping,
 
 type explainFunc func(why string, d decimal.Decimal)
 
-func reconcileMeter(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, reports []*report, settled, recent time.Time, span time.Duration, explain, unexplained explainFunc) {
-	type win struct{ acked, open, abandoned, unbillable decimal.Decimal }
+func reconcileMeter(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, reports []*report, held map[int64]decimal.Decimal, settled, recent time.Time, span time.Duration, explain, unexplained explainFunc) {
+	type win struct {
+		acked, open, abandoned, unbillable, stripe decimal.Decimal
+		ackedRecently                              bool
+	}
 	wins := map[int64]*win{}
 	lastErr := map[int64]string{}
 	get := func(ws int64) *win {
@@ -212,6 +297,7 @@ func reconcileMeter(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 		switch r.state() {
 		case resultAcknowledged:
 			w.acked = w.acked.Add(r.quantity)
+			w.ackedRecently = w.ackedRecently || r.firstAt.After(recent)
 			l.Reported = l.Reported.Add(r.quantity)
 			l.Acknowledged = l.Acknowledged.Add(r.quantity)
 		case stateOpen:
@@ -230,12 +316,40 @@ func reconcileMeter(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 	for ws := range units {
 		get(ws)
 	}
+	for h, v := range held {
+		ws := time.Unix(h, 0).UTC().Truncate(span).Unix()
+		w := get(ws)
+		w.stripe = w.stripe.Add(v)
+	}
 	for ws, w := range wins {
 		u := units[ws]
 		end := time.Unix(ws, 0).Add(span)
 		explain("older than Stripe's 35-day limit for meter events (unbillable)", w.unbillable)
-		explain("in flight (sent, awaiting Stripe's answer)", w.open)
-		unexplained("outcome unknown (abandoned after 23h without an answer; check the meter in Stripe)", w.abandoned)
+		// What Stripe holds of the reports with an unknown outcome: with
+		// Stripe read, the part of its total above the acknowledged units;
+		// the abandoned ones first (the oldest).
+		heldAbandoned, heldOpen := decimal.Zero, decimal.Zero
+		if held != nil {
+			extra := w.stripe.Sub(w.acked)
+			switch unknown := w.open.Add(w.abandoned); {
+			case extra.IsNegative() && w.ackedRecently:
+				explain("acknowledged recently; not in Stripe's meter summaries yet (they are eventually consistent)", extra.Neg())
+			case extra.IsNegative():
+				unexplained("Stripe's meter summaries hold less than the ledger acknowledges", extra.Neg())
+			case extra.GreaterThan(unknown):
+				unexplained("Stripe's meter summaries hold more than the ledger reported (events the ledger does not know about)", extra.Sub(unknown).Neg())
+				heldAbandoned, heldOpen = w.abandoned, w.open
+			default:
+				heldAbandoned = decimal.Min(extra, w.abandoned)
+				heldOpen = extra.Sub(heldAbandoned)
+			}
+		}
+		explain("in flight (sent, awaiting Stripe's answer)", w.open.Sub(heldOpen))
+		if held != nil {
+			unexplained("outcome unknown (abandoned after 23h without an answer) and not in Stripe's meter summaries", w.abandoned.Sub(heldAbandoned))
+		} else {
+			unexplained("outcome unknown (abandoned after 23h without an answer; check the meter in Stripe)", w.abandoned)
+		}
 		residual := u.Sub(w.acked).Sub(w.open).Sub(w.abandoned).Sub(w.unbillable)
 		switch {
 		case residual.IsZero():
@@ -253,7 +367,7 @@ func reconcileMeter(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 	}
 }
 
-func reconcileUsage(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, reports []*report, period, settled, recent time.Time, explain, unexplained explainFunc) {
+func reconcileUsage(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, reports []*report, held *decimal.Decimal, period, settled, recent time.Time, explain, unexplained explainFunc) {
 	var lastAck, lastSent *report
 	lastErr := ""
 	for _, r := range reports {
@@ -292,7 +406,17 @@ func reconcileUsage(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 	explain("window not settled yet (billing.lateness or the aggregator's watermark)", l.Rollup.Sub(settledUnits))
 	whole := settledUnits.Floor()
 	explain("fraction of a unit (usage records take whole units)", settledUnits.Sub(whole))
-	residual := whole.Sub(l.Acknowledged)
+	billed := l.Acknowledged
+	if held != nil {
+		// Stripe's total is what is billed; it may differ from the last
+		// acknowledged total only by a total sent with an unknown outcome.
+		billed = *held
+		if !held.Equal(l.Acknowledged) && (lastSent == nil || lastSent.state() == resultAcknowledged || !held.Equal(lastSent.quantity)) {
+			unexplained(fmt.Sprintf("Stripe's usage record summary holds %s, the ledger's last acknowledged total is %s", held.String(), l.Acknowledged.String()),
+				l.Acknowledged.Sub(*held))
+		}
+	}
+	residual := whole.Sub(billed)
 	// Units of windows that became billable (window end + lateness) within
 	// the last two intervals: the next run reports them. Older settled
 	// units that are still unreported are unexplained.
@@ -305,7 +429,7 @@ func reconcileUsage(l *ReconLine, cfg Config, units map[int64]decimal.Decimal, r
 	}
 	switch {
 	case residual.IsZero():
-	case lastSent != nil && lastSent.state() == stateOpen && lastSent.quantity.Equal(whole):
+	case lastSent != nil && lastSent.state() == stateOpen && lastSent.quantity.Equal(whole) && (held == nil || !held.Equal(whole)):
 		explain("in flight (sent, awaiting Stripe's answer)", residual)
 	case !residual.GreaterThan(recentUnits):
 		explain("settled recently; reported by the next run", residual)
@@ -377,12 +501,16 @@ func readWatermark(ctx context.Context, db store.Conn) (time.Time, error) {
 }
 
 var reconHeader = []string{"customer_id", "stripe_customer_id", "mode", "rollup_units", "reported_units",
-	"acknowledged_units", "unbillable_units", "difference", "unexplained", "reason", "invoices"}
+	"acknowledged_units", "unbillable_units", "difference", "unexplained", "reason", "invoices", "stripe_units"}
 
 func (l ReconLine) cells() []string {
+	stripeUnits := ""
+	if l.StripeRead {
+		stripeUnits = l.Stripe.String()
+	}
 	return []string{l.CustomerID, l.StripeCustomerID, l.Mode, l.Rollup.String(), l.Reported.String(),
 		l.Acknowledged.String(), l.Unbillable.String(), l.Difference.String(), l.Unexplained.String(),
-		strings.Join(l.Reasons, "; "), strings.Join(l.Invoices, " ")}
+		strings.Join(l.Reasons, "; "), strings.Join(l.Invoices, " "), stripeUnits}
 }
 
 // WriteTable prints the reconciliation for people.

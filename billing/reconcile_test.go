@@ -132,4 +132,23 @@ func TestBillingReconcileAfterErasure(t *testing.T) {
 	if seen != 2 { // other tests share the database: only these lines count
 		t.Fatalf("reconciliation after erasure: %+v", rec.Lines)
 	}
+	// Against what Stripe holds: the erased customer, still in the
+	// mapping, shares its Stripe customer with its pseudonym's line, which
+	// alone compares Stripe's units; nothing is unexplained.
+	rec, err = ReconcileWithStripe(testCtx(t), f.db, cfg, f.mapping, limits.NewRegistry(f.cat), NewStripeAPI(cfg), at, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range rec.Lines {
+		switch l.CustomerID {
+		case e.Pseudonym:
+			if !l.StripeRead || l.Stripe.String() != "3.5" || !l.Unexplained.IsZero() {
+				t.Errorf("pseudonymised line against Stripe: %+v", l)
+			}
+		case gone.id, kept.id:
+			if !l.Unexplained.IsZero() {
+				t.Errorf("line of %s against Stripe: %+v", l.CustomerID, l)
+			}
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
@@ -26,17 +27,23 @@ type answer struct {
 	errText     string // empty on success
 	shouldRetry string // Stripe-Should-Retry header: "true", "false" or ""
 	retryAfter  time.Duration
+	// duplicate: Stripe refused a meter event because it already holds an
+	// event with its identifier, which proves the report applied.
+	duplicate bool
 }
 
 // outcome classifies an answer: acknowledged (2xx: applied, or the stored
-// result of an earlier identical request), failed (refused with a 4xx
-// that is not 409 or 429: not applied, retrying the same request cannot
-// help), or retrying (no answer, 409, 429 or 5xx: unknown or transient).
+// result of an earlier identical request; or a meter event refused as a
+// duplicate of an identifier Stripe holds, which an earlier attempt
+// applied), failed (refused with a 4xx that is not 409 or 429: not
+// applied, retrying the same request cannot help), or retrying (no answer, 409, 429 or 5xx: unknown or transient).
 // Stripe-Should-Retry: true makes any error retrying; false makes a 4xx
 // failed (a 5xx stays retrying: it may have been applied, so the report
 // stays open, but this run stops retrying it).
 func (a answer) outcome() string {
 	switch {
+	case a.duplicate:
+		return resultAcknowledged
 	case a.status >= 200 && a.status < 300 && a.errText == "":
 		return resultAcknowledged
 	case a.shouldRetry == "true":
@@ -61,6 +68,20 @@ type StripeAPI interface {
 	// MeteredItems lists the metered subscription items of a Stripe
 	// customer's active subscriptions.
 	MeteredItems(ctx context.Context, stripeCustomerID string) ([]SubscriptionItem, error)
+	// MeterSummaries returns what Stripe's meter of eventName holds for a
+	// customer in [from, to), per hour (Unix seconds of the hour's start).
+	MeterSummaries(ctx context.Context, eventName, stripeCustomerID string, from, to time.Time) (map[int64]decimal.Decimal, error)
+	// UsageSummaries returns the usage record summaries of a subscription
+	// item: one per billing period of its subscription.
+	UsageSummaries(ctx context.Context, item string) ([]UsageSummary, error)
+}
+
+// UsageSummary is Stripe's usage total of a subscription item over one of
+// its subscription's billing periods.
+type UsageSummary struct {
+	Start, End time.Time
+	Total      int64
+	Invoice    string
 }
 
 // SubscriptionItem is a metered item found by MeteredItems.
@@ -73,6 +94,9 @@ type SubscriptionItem struct {
 // Retry-After and Stripe-Should-Retry are honoured.
 type stripeAPI struct {
 	api *client.API
+
+	mu     sync.Mutex
+	meters map[string]string // event name -> meter id
 }
 
 // NewStripeAPI returns the Stripe client of cfg: cfg.StripeAPIURL (empty
@@ -114,7 +138,20 @@ func (s *stripeAPI) MeterEvent(ctx context.Context, r *report, key string) answe
 		a.requestID = ev.LastResponse.RequestID
 		a.objectID = ev.Identifier
 	}
+	var se *stripe.Error
+	if errors.As(err, &se) && isDuplicateIdentifier(se) {
+		a.duplicate, a.objectID = true, r.identifier
+	}
 	return a
+}
+
+// isDuplicateIdentifier tells Stripe's refusal of a meter event whose
+// identifier it already holds: 400 invalid_request_error "An event
+// already exists with identifier <identifier>." (with Stripe-Should-Retry:
+// false). Stripe gives it no error code, so the message is matched.
+func isDuplicateIdentifier(se *stripe.Error) bool {
+	msg := strings.ToLower(se.Msg)
+	return se.HTTPStatusCode == http.StatusBadRequest && strings.Contains(msg, "already exists") && strings.Contains(msg, "identifier")
 }
 
 func (s *stripeAPI) UsageRecord(ctx context.Context, r *report, key string) answer {
@@ -156,6 +193,85 @@ func (s *stripeAPI) MeteredItems(ctx context.Context, stripeCustomerID string) (
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list subscriptions of %s: %s", stripeCustomerID, toAnswer(err, nil).errText)
+	}
+	return out, nil
+}
+
+// meterID finds the active meter of an event name (listed once per client).
+func (s *stripeAPI) meterID(ctx context.Context, eventName string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.meters[eventName]; ok {
+		return id, nil
+	}
+	p := &stripe.BillingMeterListParams{Status: stripe.String(string(stripe.BillingMeterStatusActive))}
+	p.Context = ctx
+	found := map[string]string{}
+	it := s.api.BillingMeters.List(p)
+	for it.Next() {
+		m := it.BillingMeter()
+		if m.DefaultAggregation != nil && m.DefaultAggregation.Formula != stripe.BillingMeterDefaultAggregationFormulaSum {
+			continue // a count meter does not hold the values Meterline sends
+		}
+		if _, dup := found[m.EventName]; !dup {
+			found[m.EventName] = m.ID
+		}
+	}
+	if err := it.Err(); err != nil {
+		return "", fmt.Errorf("list meters: %s", toAnswer(err, nil).errText)
+	}
+	s.meters = found
+	id, ok := found[eventName]
+	if !ok {
+		return "", fmt.Errorf("Stripe has no active meter with event_name %q that sums values", eventName)
+	}
+	return id, nil
+}
+
+func (s *stripeAPI) MeterSummaries(ctx context.Context, eventName, stripeCustomerID string, from, to time.Time) (map[int64]decimal.Decimal, error) {
+	id, err := s.meterID(ctx, eventName)
+	if err != nil {
+		return nil, err
+	}
+	p := &stripe.BillingMeterEventSummaryListParams{
+		ID:                  stripe.String(id),
+		Customer:            stripe.String(stripeCustomerID),
+		StartTime:           stripe.Int64(from.Unix()),
+		EndTime:             stripe.Int64(to.Unix()),
+		ValueGroupingWindow: stripe.String("hour"),
+	}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	out := map[int64]decimal.Decimal{}
+	it := s.api.BillingMeterEventSummaries.List(p)
+	for it.Next() {
+		e := it.BillingMeterEventSummary()
+		h := time.Unix(e.StartTime, 0).UTC().Truncate(time.Hour).Unix()
+		// Stripe sums in floating point; the ledger's values have 6 decimals.
+		out[h] = out[h].Add(decimal.NewFromFloat(e.AggregatedValue)).Round(6)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("meter event summaries of %s on meter %s: %s", stripeCustomerID, id, toAnswer(err, nil).errText)
+	}
+	return out, nil
+}
+
+func (s *stripeAPI) UsageSummaries(ctx context.Context, item string) ([]UsageSummary, error) {
+	p := &stripe.UsageRecordSummaryListParams{SubscriptionItem: stripe.String(item)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	var out []UsageSummary
+	it := s.api.UsageRecordSummaries.List(p)
+	for it.Next() {
+		u := it.UsageRecordSummary()
+		us := UsageSummary{Total: u.TotalUsage, Invoice: u.Invoice}
+		if u.Period != nil {
+			us.Start, us.End = time.Unix(u.Period.Start, 0).UTC(), time.Unix(u.Period.End, 0).UTC()
+		}
+		out = append(out, us)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("usage record summaries of %s: %s", item, toAnswer(err, nil).errText)
 	}
 	return out, nil
 }

@@ -49,3 +49,29 @@ func TestBillingStripeMockAcceptsEveryRequest(t *testing.T) {
 		t.Fatalf("listing subscriptions (billing sync): %v", err)
 	}
 }
+
+// TestBillingStripeMockAcceptsSummaryRequests sends the reconciliation's
+// reads of what Stripe holds to stripe-mock, which checks them against
+// Stripe's OpenAPI specification: the list of meters, a meter's event
+// summaries per hour for a customer, and a subscription item's usage
+// record summaries.
+func TestBillingStripeMockAcceptsSummaryRequests(t *testing.T) {
+	url := testenv.Require(t, testenv.EnvStripeMock)
+	api := NewStripeAPI(Config{StripeAPIKey: "sk_test_meterline", StripeAPIURL: url})
+	from := time.Now().UTC().Truncate(time.Hour).Add(-48 * time.Hour)
+	// stripe-mock answers its fixture meter, whose event name is this.
+	held, err := api.MeterSummaries(testCtx(t), "test-meter-event-name", "cus_meterline", from, from.Add(24*time.Hour))
+	if err != nil {
+		t.Fatalf("meter event summaries: %v", err)
+	}
+	if len(held) == 0 {
+		t.Fatalf("stripe-mock's fixture summary was not read: %v", held)
+	}
+	if _, err := api.MeterSummaries(testCtx(t), "no_such_meter", "cus_meterline", from, from.Add(time.Hour)); err == nil {
+		t.Error("an event name without a meter gave no error")
+	}
+	sums, err := api.UsageSummaries(testCtx(t), "si_meterline")
+	if err != nil || len(sums) == 0 || sums[0].End.IsZero() {
+		t.Fatalf("usage record summaries: %+v %v", sums, err)
+	}
+}

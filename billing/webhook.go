@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -141,6 +142,21 @@ func (h *WebhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if m := h.mapping.Load(); m != nil {
 		customer, _ = m.CustomerOfStripe(inv.Customer.ID)
 	}
+	if customer != "" {
+		// An erased customer's billing records carry its pseudonym: an
+		// invoice event arriving after the erasure must not bring the
+		// customer's id back.
+		pseudonym, err := erasedPseudonym(r.Context(), h.db, customer)
+		if err != nil {
+			h.received.WithLabelValues("error").Inc()
+			h.log.Error("checking a Stripe invoice event's customer against erasures failed; Stripe will retry", "event_id", ev.ID, "err", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "could not record the event; retry")
+			return
+		}
+		if pseudonym != "" {
+			customer = pseudonym
+		}
+	}
 	row := []any{customer, inv.Customer.ID, inv.ID, ev.ID, string(ev.Type), string(inv.Status),
 		time.Unix(inv.PeriodStart, 0).UTC(), time.Unix(inv.PeriodEnd, 0).UTC(), inv.AmountDue, string(inv.Currency), h.now().UTC()}
 	if err := h.db.Insert(r.Context(), InvoicesTable, invoiceColumns, [][]any{row}, store.InsertOptions{DedupToken: ev.ID}); err != nil {
@@ -153,4 +169,26 @@ func (h *WebhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("stripe invoice event recorded", "event_id", ev.ID, "type", ev.Type, "invoice_id", inv.ID,
 		"stripe_customer_id", inv.Customer.ID, "customer_id", customer, "status", inv.Status)
 	httpx.WriteJSON(w, map[string]any{"received": true, "recorded": true})
+}
+
+// erasedPseudonymSQL finds the pseudonym of a customer whose erasure is
+// running, done or failed (the customers the sink drops, privacy package).
+const erasedPseudonymSQL = `SELECT argMax(pseudonym, requested_at) FROM privacy_erasures FINAL
+WHERE customer_id = {customer:String} AND status IN ('running', 'done', 'failed') AND pseudonym != ''`
+
+// erasedPseudonym returns the customer's erasure pseudonym, or "" when the
+// customer was not erased.
+func erasedPseudonym(ctx context.Context, db store.Conn, customer string) (string, error) {
+	rows, err := db.Query(ctx, erasedPseudonymSQL, store.P("customer", customer))
+	if err != nil {
+		return "", fmt.Errorf("billing: read erasures: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var p string
+	for rows.Next() {
+		if err := rows.Scan(&p); err != nil {
+			return "", fmt.Errorf("billing: read erasures: %w", err)
+		}
+	}
+	return p, rows.Err()
 }

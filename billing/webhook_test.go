@@ -11,6 +11,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/meterline/meterline/internal/testenv"
+	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/store"
 )
 
@@ -121,5 +122,51 @@ func TestBillingWebhookRecordsSignedInvoiceEventsOnly(t *testing.T) {
 		if cust != c.id || amount != 1234 {
 			t.Errorf("recorded customer %q amount %d", cust, amount)
 		}
+	}
+}
+
+// TestBillingWebhookStoresTheErasedCustomersPseudonym: an invoice event
+// for the Stripe customer of an erased customer (still in the mapping)
+// is recorded under the erasure's pseudonym, never the customer's id.
+func TestBillingWebhookStoresTheErasedCustomersPseudonym(t *testing.T) {
+	f := newFixture(t, ModeMeterEvents)
+	c := f.customers[0]
+	svc := privacy.NewService(privacy.Config{ErasedRefresh: 10 * time.Millisecond}, f.db, nil, nil)
+	req, err := svc.Request(testCtx(t), privacy.Request{CustomerID: c.id, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := svc.Execute(testCtx(t), req.ID)
+	if err != nil || e.Pseudonym == "" {
+		t.Fatalf("erasure: %+v %v", e, err)
+	}
+	h := NewWebhookHandler(testWebhookSecret, f.db, f.mapping, nil, nil)
+	inv := testenv.Unique("in_erased")
+	body := invoiceEvent(testenv.Unique("evt"), "invoice.paid", inv, c.stripe)
+	r := httptest.NewRequest(http.MethodPost, "/v1/stripe/webhook", strings.NewReader(string(body)))
+	r.Header.Set("Stripe-Signature", signed(body, testWebhookSecret, time.Now()))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"recorded":true`) {
+		t.Fatalf("webhook: %d %s", w.Code, w.Body)
+	}
+	rows, err := f.db.Query(testCtx(t), "SELECT customer_id FROM billing_invoices WHERE invoice_id = {id:String}", store.P("id", inv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var cust string
+		if err := rows.Scan(&cust); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if cust != e.Pseudonym {
+			t.Errorf("invoice of an erased customer recorded under %q, want the pseudonym %q", cust, e.Pseudonym)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("want 1 invoice row, got %d", n)
 	}
 }

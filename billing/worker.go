@@ -67,7 +67,7 @@ type Worker struct {
 	m       *metrics
 	log     *slog.Logger
 
-	afterAnswer func(acknowledged bool)
+	afterAnswer func(acknowledged bool, status int)
 	mu          sync.Mutex // guards a run: one at a time
 }
 
@@ -94,9 +94,10 @@ func NewWorker(cfg Config, db store.Conn, mapping *Mapping, plans Plans, api Str
 func (w *Worker) SetMapping(m *Mapping) { w.mapping.Store(m) }
 
 // SetAfterAnswer installs a fault-injection hook called after Stripe
-// answered a request and before the answer is recorded in the ledger.
-// Only tests use it (see METERLINE_TEST_BILLING_CRASH_AFTER_SEND).
-func (w *Worker) SetAfterAnswer(f func(acknowledged bool)) { w.afterAnswer = f }
+// answered a request (acknowledged or not, with its HTTP status, 0 for no
+// answer) and before the answer is recorded in the ledger. Only tests use
+// it (see METERLINE_TEST_BILLING_CRASH_AFTER_SEND).
+func (w *Worker) SetAfterAnswer(f func(acknowledged bool, status int)) { w.afterAnswer = f }
 
 // Run reports every Interval until ctx ends, and once more when the last
 // window of a period settles (the period's final report).
@@ -252,6 +253,7 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 	}
 	slices.Sort(windows)
 	span := w.cfg.windowSpan()
+windows:
 	for _, ws := range windows {
 		if ctx.Err() != nil {
 			return
@@ -275,6 +277,12 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 				case resultAcknowledged:
 					covered = covered.Add(r.quantity)
 				case stateOpen:
+					if r.lastResult == resultFailed {
+						// Refused after an answer of unknown outcome: it may
+						// be applied, so nothing else is sent for the window
+						// until Stripe says which (the next run re-sends it).
+						continue windows
+					}
 					return // Stripe does not answer for this customer: the next run resumes
 				}
 			}
@@ -307,7 +315,7 @@ func (w *Worker) meterCustomer(ctx context.Context, now, from, settled time.Time
 		}
 		r.identifier = meterIdentifier(j.customer, j.plan.EventName, start, u)
 		continueKeys(r, byWindow[ws])
-		if w.send(ctx, r, st) == stateOpen {
+		if w.send(ctx, r, st) == stateOpen && r.lastResult != resultFailed {
 			return
 		}
 	}
@@ -352,9 +360,14 @@ func (w *Worker) usageCustomer(ctx context.Context, settled, prevPeriod time.Tim
 		if last == nil && whole.IsZero() || last != nil && last.quantity.Equal(whole) {
 			continue
 		}
+		// Never before any total sent for the period, whatever its
+		// outcome: one Stripe applied without telling (a 5xx) must not
+		// outrank the new total under last_during_period.
 		ts := asOf.Add(-time.Second)
-		if last != nil && ts.Before(last.stripeTimestamp) {
-			ts = last.stripeTimestamp
+		for _, r := range mine {
+			if ts.Before(r.stripeTimestamp) {
+				ts = r.stripeTimestamp
+			}
 		}
 		r := &report{
 			customerID: j.customer, stripeCustomerID: j.billing.StripeCustomerID, mode: ModeUsageRecords,
@@ -435,8 +448,11 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 			a = w.api.UsageRecord(ctx, r, key)
 		}
 		res := a.outcome()
+		if res == resultRetrying && a.status >= 500 {
+			r.markUncertain(time.Now())
+		}
 		if w.afterAnswer != nil {
-			w.afterAnswer(res == resultAcknowledged)
+			w.afterAnswer(res == resultAcknowledged, a.status)
 		}
 		// Recorded even when ctx ended: the answer is known now.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -460,9 +476,20 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 		case resultAcknowledged:
 			r.acked, r.requestID = true, a.requestID
 			w.m.units.WithLabelValues(r.mode).Add(r.quantity.InexactFloat64())
+			if a.duplicate {
+				w.m.duplicates.Inc()
+				log.Info("billing: Stripe already holds this identifier (an earlier attempt applied): acknowledged",
+					"idempotency_key", key, "stripe_request_id", a.requestID, "attempt", r.attempts)
+				return resultAcknowledged
+			}
 			log.Info("billing: reported to Stripe", "idempotency_key", key, "stripe_request_id", a.requestID, "attempt", r.attempts)
 			return resultAcknowledged
 		case resultFailed:
+			if r.state() == stateOpen {
+				log.Warn("billing: Stripe refused a report after an answer of unknown outcome (5xx); it may be applied, so it stays open and is re-sent under the same identifier",
+					"idempotency_key", key, "status", a.status, "stripe_request_id", a.requestID, "stripe_error", a.errText)
+				return stateOpen
+			}
 			log.Error("billing: Stripe refused the report; it is reported again by a later run",
 				"idempotency_key", key, "status", a.status, "stripe_request_id", a.requestID, "stripe_error", a.errText)
 			return resultFailed
@@ -496,7 +523,7 @@ func (w *Worker) send(ctx context.Context, r *report, st *RunStats) (state strin
 
 // abandon records that an open report will not be re-sent.
 func (w *Worker) abandon(ctx context.Context, r *report, st *RunStats) {
-	reason := "no acknowledgement within 23h of the first attempt: Stripe no longer guarantees that a repeat is dropped, so it is not sent again; check the meter's events in Stripe (last error: " + r.lastError + ")"
+	reason := "no acknowledgement within 23h of the first attempt: Stripe no longer guarantees that a repeat is refused as a duplicate identifier, so it is not sent again; check the meter's events in Stripe (last error: " + r.lastError + ")"
 	if err := appendRows(ctx, w.db, r.row(r.key, resultAbandoned, answer{}, r.attempts, reason, time.Now())); err != nil {
 		w.m.errors.WithLabelValues("ledger").Inc()
 		w.log.Error("billing: recording an abandoned report failed", "customer_id", r.customerID, "err", err)
@@ -573,6 +600,7 @@ type metrics struct {
 	runSeconds prometheus.Histogram
 	lastRun    prometheus.Gauge
 	open       prometheus.Gauge
+	duplicates prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -591,9 +619,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "End of the last billing run that completed."}),
 		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterline_billing_open_reports",
 			Help: "Reports left unanswered by the last run (resumed by the next)."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "meterline_billing_duplicate_identifiers_total",
+			Help: "Meter events Stripe refused as a duplicate identifier, recorded as acknowledged (an earlier attempt of unknown outcome had applied)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.reports, m.errors, m.units, m.runs, m.runSeconds, m.lastRun, m.open} {
+		for _, c := range []prometheus.Collector{m.reports, m.errors, m.units, m.runs, m.runSeconds, m.lastRun, m.open, m.duplicates} {
 			// A second worker in one process (tests) keeps its own
 			// unregistered metrics.
 			_ = reg.Register(c)

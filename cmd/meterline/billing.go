@@ -29,6 +29,11 @@ import (
 // uses it to prove that a restarted worker does not bill twice.
 const envCrashAfterSend = "METERLINE_TEST_BILLING_CRASH_AFTER_SEND"
 
+// envCrashAfter5xx is the same hook for answers of unknown outcome: set to
+// N, the worker kills itself right after Stripe's N-th 5xx answer, before
+// it is written to the ledger (TestBillingKilledAfterUnknownOutcomeDoesNotBillTwice).
+const envCrashAfter5xx = "METERLINE_TEST_BILLING_CRASH_AFTER_5XX"
+
 // loadBilling reads the catalogue and the billing mapping. Billing needs
 // the catalogue: it gives each customer's plan.
 func loadBilling(cfg *Config) (*billing.Mapping, *limits.Catalogue, error) {
@@ -142,24 +147,44 @@ func watchMapping(ctx context.Context, path string, every time.Duration, catalog
 	}
 }
 
-// installCrashHook arms the envCrashAfterSend fault injection.
+// installCrashHook arms the envCrashAfterSend and envCrashAfter5xx fault
+// injections.
 func installCrashHook(w *billing.Worker) error {
-	v := os.Getenv(envCrashAfterSend)
-	if v == "" {
+	limit := func(name string) (int64, error) {
+		v := os.Getenv(name)
+		if v == "" {
+			return 0, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return 0, fmt.Errorf("%s=%q: want a positive integer", name, v)
+		}
+		return int64(n), nil
+	}
+	afterAck, err := limit(envCrashAfterSend)
+	if err != nil {
+		return err
+	}
+	after5xx, err := limit(envCrashAfter5xx)
+	if err != nil {
+		return err
+	}
+	if afterAck == 0 && after5xx == 0 {
 		return nil
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return fmt.Errorf("%s=%q: want a positive integer", envCrashAfterSend, v)
-	}
-	var acked atomic.Int64
-	w.SetAfterAnswer(func(ok bool) {
-		if ok && acked.Add(1) == int64(n) {
-			fmt.Fprintf(os.Stderr, "%s: killing the process after Stripe's acknowledgement %d, before the ledger write\n", envCrashAfterSend, n)
-			p, _ := os.FindProcess(os.Getpid())
-			_ = p.Kill()
-			select {} // the signal is on its way
+	var acked, failed5xx atomic.Int64
+	w.SetAfterAnswer(func(ok bool, status int) {
+		switch {
+		case ok && afterAck > 0 && acked.Add(1) == afterAck:
+			fmt.Fprintf(os.Stderr, "%s: killing the process after Stripe's acknowledgement %d, before the ledger write\n", envCrashAfterSend, afterAck)
+		case status >= 500 && after5xx > 0 && failed5xx.Add(1) == after5xx:
+			fmt.Fprintf(os.Stderr, "%s: killing the process after Stripe's 5xx answer %d, before the ledger write\n", envCrashAfter5xx, after5xx)
+		default:
+			return
 		}
+		p, _ := os.FindProcess(os.Getpid())
+		_ = p.Kill()
+		select {} // the signal is on its way
 	})
 	return nil
 }
@@ -168,8 +193,8 @@ func runBilling(args []string, stdout, stderr io.Writer) error {
 	const synopsis = `Usage: meterline billing <subcommand> [flags]
 
   run [--once]                 report settled usage to Stripe (once, or every billing.interval)
-  reconcile --period YYYY-MM   per customer: units in rollups, reported, acknowledged, difference and reason
-                               [--csv] CSV for finance; exits 1 on an unexplained difference
+  reconcile --period YYYY-MM   per customer: units in rollups, reported, acknowledged, held by Stripe, difference and reason
+                               [--csv] CSV for finance; [--ledger-only] without reading Stripe; exits 1 on an unexplained difference
   sync [--write]               fill subscription items of usage_records plans from Stripe
 `
 	if len(args) == 0 {
@@ -238,12 +263,13 @@ func runBillingRun(args []string, stdout, stderr io.Writer) error {
 }
 
 func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE]", stderr)
+	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE] [--ledger-only]", stderr)
 	var cf commonFlags
 	cf.register(fs)
 	periodFlag := fs.String("period", "", "billing `period` (calendar month, UTC), e.g. 2026-11; required")
 	asCSV := fs.Bool("csv", false, "write CSV (for finance) instead of a table")
 	output := fs.String("output", "", "write to this `file` instead of standard output")
+	ledgerOnly := fs.Bool("ledger-only", false, "compare the rollups with the ledger only, without reading what Stripe holds")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -281,8 +307,15 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	rec, err := billing.Reconcile(ctx, db, cfg.Billing, mapping, plans, period, time.Now())
+	var api billing.StripeAPI
+	if mapping != nil && !*ledgerOnly {
+		api = billing.NewStripeAPI(cfg.Billing)
+	}
+	rec, err := billing.ReconcileWithStripe(ctx, db, cfg.Billing, mapping, plans, api, period, time.Now())
 	if err != nil {
+		if api != nil {
+			return fmt.Errorf("%w (--ledger-only compares with the ledger alone)", err)
+		}
 		return err
 	}
 	out := stdout
