@@ -45,3 +45,21 @@ func TestCollectorAcceptsLargeEventsOfOneKey(t *testing.T) {
 		t.Fatalf("%d messages in the topic, want 100", got)
 	}
 }
+
+// TestKafkaMaxMessageBytesSetting: the default and the bounds of
+// kafka.max_message_bytes, and the writers' batches below it.
+func TestKafkaMaxMessageBytesSetting(t *testing.T) {
+	c := KafkaConfig{}.WithDefaults()
+	if c.MaxMessageBytes != 1<<20 || c.BatchBytes() != 1<<20-1024 {
+		t.Fatalf("default %d, batch %d", c.MaxMessageBytes, c.BatchBytes())
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1000, -5, 64 << 20} {
+		c.MaxMessageBytes = n
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.max_message_bytes") {
+			t.Errorf("max_message_bytes %d: %v, want an error naming the setting", n, err)
+		}
+	}
+}

@@ -108,7 +108,7 @@ func (c KafkaConfig) Validate() error {
 	if c.ReplicationFactor < 1 || c.ReplicationFactor > 32 {
 		errs = append(errs, fmt.Errorf("kafka.replication_factor: %d is out of range 1-32", c.ReplicationFactor))
 	}
-	if err := validMaxMessageBytes(c.maxMessageBytes()); c.MaxMessageBytes != 0 && err != nil {
+	if err := validMaxMessageBytes(c.MaxMessageBytes); c.MaxMessageBytes != 0 && err != nil {
 		errs = append(errs, err)
 	}
 	switch strings.ToLower(c.SASL.Mechanism) {
