@@ -88,7 +88,7 @@ func NewProducer(c KafkaConfig) (*kafka.Writer, error) {
 		// a lone small request from waiting (kafka-go's default is 1s).
 		BatchSize:       1000,
 		BatchTimeout:    2 * time.Millisecond,
-		BatchBytes:      8 << 20,
+		BatchBytes:      c.BatchBytes(), // within the topic's max.message.bytes
 		MaxAttempts:     3,
 		WriteBackoffMin: 50 * time.Millisecond,
 		WriteBackoffMax: 500 * time.Millisecond,

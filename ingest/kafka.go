@@ -38,6 +38,10 @@ type KafkaConfig struct {
 	CreateTopics *bool `yaml:"create_topics"`
 	// ClientID names this process to the brokers. Default "meterline".
 	ClientID string `yaml:"client_id"`
+	// MaxMessageBytes is the topics' max.message.bytes (set when Meterline
+	// creates them, checked against existing ones) and bounds every
+	// writer's batch (see BatchBytes). Default 1048576 (1 MiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// TLS for the broker connections.
 	TLS tlsutil.Client `yaml:"tls"`
 	// SASL authentication.
@@ -76,6 +80,9 @@ func (c KafkaConfig) WithDefaults() KafkaConfig {
 	if c.ClientID == "" {
 		c.ClientID = "meterline"
 	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
 	return c
 }
 
@@ -100,6 +107,9 @@ func (c KafkaConfig) Validate() error {
 	}
 	if c.ReplicationFactor < 1 || c.ReplicationFactor > 32 {
 		errs = append(errs, fmt.Errorf("kafka.replication_factor: %d is out of range 1-32", c.ReplicationFactor))
+	}
+	if err := validMaxMessageBytes(c.MaxMessageBytes); c.MaxMessageBytes != 0 && err != nil {
+		errs = append(errs, err)
 	}
 	switch strings.ToLower(c.SASL.Mechanism) {
 	case "":
@@ -210,6 +220,8 @@ func EnsureTopics(ctx context.Context, c KafkaConfig) error {
 				ConfigEntries: []kafka.ConfigEntry{
 					// The broker must not accept a write that is not on every in-sync replica.
 					{ConfigName: "min.insync.replicas", ConfigValue: fmt.Sprint(min(2, c.ReplicationFactor))},
+					// The writers' batches are sized to this (see BatchBytes).
+					{ConfigName: "max.message.bytes", ConfigValue: fmt.Sprint(c.maxMessageBytes())},
 				},
 			})
 		}
@@ -228,7 +240,7 @@ func EnsureTopics(ctx context.Context, c KafkaConfig) error {
 	for {
 		err := topicsLed(ctx, client, c.Topic, c.DeadLetterTopic)
 		if err == nil {
-			return nil
+			return checkMessageLimits(ctx, client, c)
 		}
 		select {
 		case <-ctx.Done():

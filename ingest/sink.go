@@ -168,6 +168,8 @@ type Sink struct {
 
 	// unknownKeys is the policy for keys the catalogue does not know.
 	unknownKeys UnknownKeys
+
+	stall stallState // why offsets are held, if they are (sink_faults.go)
 }
 
 // dedupKey identifies an event within a batch.
@@ -184,6 +186,7 @@ type sinkMetrics struct {
 	lastFlush      prometheus.Gauge
 	unknownKeys    prometheus.Counter
 	erasedDropped  prometheus.Counter
+	truncated      prometheus.Counter
 }
 
 // NewSink wires a sink. It does not connect until Run.
@@ -225,7 +228,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: 2 * time.Millisecond,
-		BatchBytes:   16 << 20,
+		BatchBytes:   kcfg.BatchBytes(), // fitDeadLetter keeps each message within it
 		MaxAttempts:  3,
 		Transport:    tr,
 	}
@@ -272,6 +275,7 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 	})
 	reg.MustRegister(s.m.unknownKeys, s.m.erasedDropped)
 	reg.MustRegister(s.m.stored, s.m.duplicates, s.m.deadLettered, s.m.batchEvents, s.m.insertDuration, s.m.retries, s.m.lag, s.m.lastFlush)
+	s.registerFaultMetrics(reg)
 	return s, nil
 }
 
@@ -422,12 +426,7 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 	defer clear(seen)
 	for i := range batch {
 		m := &batch[i]
-		ref := m.Time
-		if ref.Year() < 2000 {
-			// Produce v0 carries no timestamp: judge the event time by arrival.
-			ref = now
-		}
-		ev, err := s.events.DecodeEvent(m.Value, ref)
+		ev, err := s.events.DecodeEvent(m.Value, s.eventRef(m.Time, now))
 		if err == nil {
 			err = s.anon.Apply(&ev)
 		}
@@ -459,7 +458,7 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 	}
 	dead = append(dead, more...)
 	if len(dead) > 0 {
-		if err := s.retry(ctx, "dead_letter", func() error { return s.dlq.WriteMessages(ctx, dead...) }); err != nil {
+		if err := s.writeDeadLetters(ctx, dead); err != nil {
 			return err
 		}
 		for _, d := range dead {
@@ -478,75 +477,6 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 	s.mu.Unlock()
 	s.m.lastFlush.SetToCurrentTime()
 	return nil
-}
-
-// insert writes rows, retrying transient failures. When a failure persists
-// and is not one of reaching ClickHouse, the batch is split to find the rows
-// that can never be stored; those are returned as dead letters.
-func (s *Sink) insert(ctx context.Context, rows []pending, token string, now time.Time) ([]kafka.Message, error) {
-	if len(rows) == 0 {
-		return nil, nil
-	}
-	vals := make([][]any, len(rows))
-	for i := range rows {
-		vals[i] = rows[i].row
-	}
-	bo := retry.NewBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
-	for attempt := 1; ; attempt++ {
-		t0 := time.Now()
-		// ingested_at is the time of this attempt: the aggregator finds new
-		// rows by it, so a row must not carry a time older than its insert
-		// by more than one attempt's duration.
-		stamp := t0.UTC()
-		for i := range vals {
-			vals[i][ingestedAtColumn] = stamp
-		}
-		err := s.db.Insert(ctx, EventsTable, EventColumns, vals, store.InsertOptions{DedupToken: token})
-		if err == nil {
-			s.m.insertDuration.Observe(time.Since(t0).Seconds())
-			s.m.stored.Add(float64(len(rows)))
-			return nil, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		s.m.retries.WithLabelValues("insert").Inc()
-		if attempt >= 3 && !errors.Is(err, store.ErrUnavailable) && s.tableHealthy(ctx) {
-			if len(rows) == 1 {
-				return []kafka.Message{deadLetter(rows[0].msg, "unstorable", err, now)}, nil
-			}
-			half := len(rows) / 2
-			a, err := s.insert(ctx, rows[:half], token+"/a", now)
-			if err != nil {
-				return nil, err
-			}
-			b, err := s.insert(ctx, rows[half:], token+"/b", now)
-			return append(a, b...), err
-		}
-		d := bo.Next()
-		s.log.Warn("insert into ClickHouse failed; retrying", "events", len(rows), "attempt", attempt, "retry_in", d, "err", err)
-		if !retry.Sleep(ctx, d) {
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// tableHealthy tells a failure of the rows apart from a failure of the
-// table or the engine: only with a healthy table is a row blamed.
-func (s *Sink) tableHealthy(ctx context.Context) bool {
-	rows, err := s.db.Query(ctx, "SELECT count() FROM "+EventsTable+" WHERE 0")
-	if err != nil {
-		return false
-	}
-	for rows.Next() {
-	}
-	err = rows.Err()
-	_ = rows.Close()
-	return err == nil
-}
-
-func (s *Sink) retry(ctx context.Context, op string, f func() error) error {
-	return s.retryN(ctx, op, 0, f)
 }
 
 // retryN calls f until it succeeds, ctx ends, or (when n > 0) n attempts failed.

@@ -265,6 +265,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			reg.MustRegister(registry) // the view registers it otherwise
 		}
 		goRun(roleSink, sink.Run)
+		checks = append(checks, readyCheck{"sink", sink.Ready}) // 503 while a storage fault holds the offsets
 	}
 	if has(roleAggregator) {
 		agg := aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))

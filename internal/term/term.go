@@ -61,6 +61,13 @@ func (p *Progress) StartBytes() {
 	p.mu.Unlock()
 }
 
+// SetUnit names what Start's total counts ("rows" by default).
+func (p *Progress) SetUnit(unit string) {
+	p.mu.Lock()
+	p.unit = unit
+	p.mu.Unlock()
+}
+
 // Writer returns a writer that counts the bytes written to it as done.
 func (p *Progress) Writer() io.Writer { return byteCounter{p} }
 
