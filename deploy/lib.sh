@@ -31,7 +31,32 @@ wait_port() {
 	return 1
 }
 
-# free_port: print a TCP port that is free on 127.0.0.1 right now.
+# free_port: print a TCP port that is free on 127.0.0.1 right now, taken
+# from the 12,000 ports below the kernel's ephemeral range: a port in that
+# range can be handed to an outgoing connection between the pick and the
+# server's bind (the Kafka clients of a test run open many).
 free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+	python3 - <<'PY'
+import random, socket
+lo, hi = 20000, 32000
+try:
+    elo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    if elo >= 13024:
+        lo, hi = elo - 12000, elo
+except (OSError, ValueError, IndexError):
+    pass
+for _ in range(200):
+    p = random.randrange(lo, hi)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+PY
 }

@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -119,13 +120,23 @@ func StartBroker(t testing.TB) *Broker {
 func startBroker(t testing.TB, extra ...string) *Broker {
 	t.Helper()
 	Require(t, EnvKafka) // the jars are installed when the shared broker is
-	b := &Broker{dir: t.TempDir(), port: FreePort(t), t: t}
-	cport := FreePort(t)
-	args := append([]string{"start", "--dir", b.dir, "--port", b.port, "--controller-port", cport}, extra...)
-	out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), args...).CombinedOutput()
-	if err != nil {
+	var b *Broker
+	for attempt := 1; ; attempt++ {
+		b = &Broker{dir: t.TempDir(), port: FreePort(t), t: t}
+		cport := FreePort(t)
+		args := append([]string{"start", "--dir", b.dir, "--port", b.port, "--controller-port", cport}, extra...)
+		out, err := exec.Command(filepath.Join(RepoRoot(), "deploy", "kafka.sh"), args...).CombinedOutput()
+		if err == nil {
+			break
+		}
 		// A broker that started and failed its port check is still running.
 		b.Stop()
+		// Another process may have bound a picked port before the broker
+		// did: pick new ones.
+		if attempt < 3 && bytes.Contains(out, []byte("Address already in use")) {
+			t.Logf("a port of the dedicated broker was taken; retrying with new ports")
+			continue
+		}
 		t.Fatalf("starting a dedicated broker: %v\n%s", err, out)
 	}
 	b.Addr = "127.0.0.1:" + b.port
@@ -184,15 +195,44 @@ func (b *Broker) Restart() {
 	}
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 at the time of the call.
+// FreePort returns a TCP port free on 127.0.0.1 at the time of the call,
+// chosen outside the kernel's ephemeral range (see freePortRange).
 func FreePort(t testing.TB) string {
 	t.Helper()
+	lo, hi := freePortRange()
+	for range 200 {
+		port := lo + mrand.IntN(hi-lo)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken: try another
+		}
+		l.Close()
+		return fmt.Sprint(port)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// freePortRange is where FreePort looks: the 12,000 ports below the
+// kernel's ephemeral range. A port the kernel hands out for outgoing
+// connections (every Kafka client opens many) can be taken between the
+// moment a free one is picked and the moment a broker binds it; ports
+// below that range are never handed out that way.
+func freePortRange() (lo, hi int) {
+	lo, hi = 20000, 32000
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var elo, ehi int
+	if _, err := fmt.Sscan(string(b), &elo, &ehi); err != nil || elo < 13024 {
+		return lo, hi
+	}
+	return elo - 12000, elo
 }
 
 // Eventually polls f every 100 ms until it returns nil or the timeout passes,
