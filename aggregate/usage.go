@@ -254,8 +254,8 @@ func branchesSQL(p plan, dims []dimension, filter []string) (string, []store.Par
 			}
 			b.WriteString(`,
             count() AS r, countIf(status >= 400 AND status < 500) AS ce, countIf(status >= 500) AS se,
-            sum(units) AS u, sum(request_bytes) AS rqb, sum(response_bytes) AS rsb,
-            quantilesTDigestState(` + latencyQuantiles + `)(latency_ms) AS lat,
+            sum(units) AS u, sum(ifNull(request_bytes, 0)) AS rqb, sum(ifNull(response_bytes, 0)) AS rsb,
+            quantilesTDigestStateIf(` + latencyQuantiles + `)(assumeNotNull(latency_ms), isNotNull(latency_ms)) AS lat,
             uniqExactStateIf(client_ip, client_ip != '') AS ips
         FROM events FINAL
         WHERE `)
