@@ -221,8 +221,12 @@ type UsageRow struct {
 	// RequestBytes and ResponseBytes are summed body sizes.
 	RequestBytes, ResponseBytes uint64
 	// LatencyP50, LatencyP95 and LatencyP99 are latency quantiles in
-	// milliseconds, t-digest estimates (0 when there are no requests).
+	// milliseconds, t-digest estimates over the events that carried a
+	// latency (0 when there are no requests or none of them did).
 	LatencyP50, LatencyP95, LatencyP99 float64
+	// LatencyMeasured tells whether any event of the window carried a
+	// latency_ms, that is whether the quantiles mean anything.
+	LatencyMeasured bool
 	// DistinctClientIPs counts distinct anonymised client addresses (events
 	// without an address are not counted).
 	DistinctClientIPs uint64

@@ -46,7 +46,8 @@ ORDER BY day`
 // with nothing to count: a group that no longer has events (its only event
 // was replaced by a re-sent copy with other dimensions) is rewritten with
 // requests = 0 instead of keeping its stale figures. Only rows with n = 1
-// feed the states. The explicit time bounds repeat what the dirty set
+// feed the states. An absent latency (NULL) stays out of the latency state
+// and an absent byte count adds 0 to the sums. The explicit time bounds repeat what the dirty set
 // implies, so that partitions and index ranges outside the slice are
 // skipped without consulting the set.
 var minuteSQL = `INSERT INTO usage_minute (` + rollupColumns + `)
@@ -56,14 +57,14 @@ WITH dirty AS (
 SELECT customer_id, api_key_id, window_start, route, method, status_class, gateway,
     sum(n), sumIf(n, status >= 400 AND status < 500), sumIf(n, status >= 500),
     sum(u), sum(rq), sum(rs),
-    quantilesTDigestStateIf(` + latencyQuantiles + `)(lat, n = 1),
+    quantilesTDigestStateIf(` + latencyQuantiles + `)(assumeNotNull(lat), n = 1 AND isNotNull(lat)),
     uniqExactStateIf(ip, n = 1 AND ip != ''),
     now64(3)
 FROM
 (
     SELECT customer_id, api_key_id, toDateTime(toStartOfMinute(time), 'UTC') AS window_start,
         route, method, ` + statusClassExpr + ` AS status_class, gateway, status,
-        toUInt64(1) AS n, units AS u, request_bytes AS rq, response_bytes AS rs,
+        toUInt64(1) AS n, units AS u, ifNull(request_bytes, 0) AS rq, ifNull(response_bytes, 0) AS rs,
         latency_ms AS lat, client_ip AS ip
     FROM events FINAL
     WHERE time >= {from:DateTime('UTC')} AND time < {to:DateTime('UTC')}

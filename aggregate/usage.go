@@ -85,9 +85,13 @@ func (q *Querier) Usage(ctx context.Context, uq UsageQuery) ([]UsageRow, error) 
 			dest = append(dest, &groupVals[i])
 		}
 		dest = append(dest, &r.Requests, &r.ClientErrors, &r.ServerErrors, &r.UnitsText,
-			&r.RequestBytes, &r.ResponseBytes, &r.LatencyP50, &r.LatencyP95, &r.LatencyP99, &r.DistinctClientIPs)
+			&r.RequestBytes, &r.ResponseBytes, &r.LatencyP50, &r.LatencyP95, &r.LatencyP99, &r.DistinctClientIPs,
+			&r.LatencyMeasured)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("aggregate: usage query: %w", err)
+		}
+		if !r.LatencyMeasured {
+			r.LatencyP50, r.LatencyP95, r.LatencyP99 = 0, 0, 0
 		}
 		if r.Units, err = strconv.ParseFloat(r.UnitsText, 64); err != nil {
 			return nil, fmt.Errorf("aggregate: usage query: units %q: %w", r.UnitsText, err)
@@ -203,7 +207,8 @@ func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
 	}
 	params = append(params, store.P("limit", uint64(MaxRows+1)))
 	return `SELECT bucket` + groups + `, n, n_ce, n_se, toString(n_u), n_rqb, n_rsb,
-    if(n = 0, 0, toFloat64(q[1])), if(n = 0, 0, toFloat64(q[2])), if(n = 0, 0, toFloat64(q[3])), n_ips
+    if(n = 0, 0, toFloat64(q[1])), if(n = 0, 0, toFloat64(q[2])), if(n = 0, 0, toFloat64(q[3])), n_ips,
+    n > 0 AND NOT isNaN(toFloat64(q[1]))
 FROM
 (
     SELECT ` + bucket + ` AS bucket` + groups + `,
@@ -254,8 +259,8 @@ func branchesSQL(p plan, dims []dimension, filter []string) (string, []store.Par
 			}
 			b.WriteString(`,
             count() AS r, countIf(status >= 400 AND status < 500) AS ce, countIf(status >= 500) AS se,
-            sum(units) AS u, sum(request_bytes) AS rqb, sum(response_bytes) AS rsb,
-            quantilesTDigestState(` + latencyQuantiles + `)(latency_ms) AS lat,
+            sum(units) AS u, sum(ifNull(request_bytes, 0)) AS rqb, sum(ifNull(response_bytes, 0)) AS rsb,
+            quantilesTDigestStateIf(` + latencyQuantiles + `)(assumeNotNull(latency_ms), isNotNull(latency_ms)) AS lat,
             uniqExactStateIf(client_ip, client_ip != '') AS ips
         FROM events FINAL
         WHERE `)

@@ -15,7 +15,8 @@ import (
 // storedQuery reads stored events back, deduplicated (FINAL), newest first.
 // An empty filter parameter matches everything; at least one is required.
 const storedQuery = `SELECT id, time, api_key_id, customer_id, gateway, method, route, status,
-       latency_ms, request_bytes, response_bytes, client_ip, user_agent, toFloat64(units), properties
+       ifNull(latency_ms, 0), ifNull(request_bytes, 0), ifNull(response_bytes, 0), client_ip, user_agent, toFloat64(units), properties,
+       isNull(latency_ms), isNull(request_bytes), isNull(response_bytes)
 FROM events FINAL
 WHERE ({api_key_id:String} = '' OR api_key_id = {api_key_id:String})
   AND ({customer_id:String} = '' OR customer_id = {customer_id:String})
@@ -23,9 +24,26 @@ WHERE ({api_key_id:String} = '' OR api_key_id = {api_key_id:String})
 ORDER BY time DESC, id
 LIMIT {limit:UInt32}`
 
+// absentMeasures marks the measurements stored as NULL: the canonical JSON
+// of a stored event leaves them out, as the event that carried none did.
+func absentMeasures(latency, requestBytes, responseBytes bool) schemas.Measures {
+	var a schemas.Measures
+	if latency {
+		a |= schemas.MeasureLatency
+	}
+	if requestBytes {
+		a |= schemas.MeasureRequestBytes
+	}
+	if responseBytes {
+		a |= schemas.MeasureResponseBytes
+	}
+	return a
+}
+
 // NewStoredHandler serves GET /v1/events/stored: the raw events stored for a
 // key, a customer or an id, newest first, as they are in ClickHouse (after
-// anonymisation). It lets an operator check that a gateway's events arrive;
+// anonymisation); a measurement the event did not carry (stored as NULL) is
+// left out of it. It lets an operator check that a gateway's events arrive;
 // it needs the admin scope because it shows single requests.
 //
 // Parameters: api_key_id, customer_id, id (at least one), limit (1-1000,
@@ -79,12 +97,15 @@ func NewStoredHandler(db store.Conn, tokens *auth.Tokens) http.Handler {
 		for rows.Next() {
 			var e schemas.Event
 			var status uint16
+			var noLatency, noRequestBytes, noResponseBytes bool
 			if err := rows.Scan(&e.ID, &e.Time, &e.APIKeyID, &e.CustomerID, &e.Gateway, &e.Method, &e.Route, &status,
-				&e.LatencyMS, &e.RequestBytes, &e.ResponseBytes, &e.ClientIP, &e.UserAgent, &e.Units, &e.Properties); err != nil {
+				&e.LatencyMS, &e.RequestBytes, &e.ResponseBytes, &e.ClientIP, &e.UserAgent, &e.Units, &e.Properties,
+				&noLatency, &noRequestBytes, &noResponseBytes); err != nil {
 				httpx.WriteError(w, http.StatusInternalServerError, "reading events: "+err.Error())
 				return
 			}
 			e.Status = int(status)
+			e.Absent = absentMeasures(noLatency, noRequestBytes, noResponseBytes)
 			out.Events = append(out.Events, e.AppendJSON(nil))
 		}
 		if err := rows.Err(); err != nil {

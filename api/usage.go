@@ -48,7 +48,7 @@ type UsageRow struct {
 	Units             json.Number       `json:"units"`
 	RequestBytes      uint64            `json:"request_bytes"`
 	ResponseBytes     uint64            `json:"response_bytes"`
-	LatencyMS         Latency           `json:"latency_ms"`
+	LatencyMS         *Latency          `json:"latency_ms"` // null when no event of the window carried a latency
 	DistinctClientIPs uint64            `json:"distinct_client_ips"`
 }
 
@@ -105,8 +105,10 @@ func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 				WindowStart: row.WindowStart, Group: row.Group, Requests: row.Requests,
 				ClientErrors: row.ClientErrors, ServerErrors: row.ServerErrors, Units: json.Number(row.UnitsText),
 				RequestBytes: row.RequestBytes, ResponseBytes: row.ResponseBytes,
-				LatencyMS:         Latency{P50: row.LatencyP50, P95: row.LatencyP95, P99: row.LatencyP99},
 				DistinctClientIPs: row.DistinctClientIPs,
+			}
+			if row.LatencyMeasured {
+				resp.Rows[i].LatencyMS = &Latency{P50: row.LatencyP50, P95: row.LatencyP95, P99: row.LatencyP99}
 			}
 		}
 		if wantsCSV(req) {
@@ -203,14 +205,20 @@ func writeUsageCSV(w http.ResponseWriter, resp UsageResponse) {
 		"latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "distinct_client_ips")
 	_ = cw.Write(head)
 	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
-	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+	f := func(l *Latency, q func(*Latency) float64) string {
+		if l == nil {
+			return "" // no event of the window carried a latency
+		}
+		return strconv.FormatFloat(q(l), 'f', -1, 64)
+	}
+	p50, p95, p99 := func(l *Latency) float64 { return l.P50 }, func(l *Latency) float64 { return l.P95 }, func(l *Latency) float64 { return l.P99 }
 	for _, r := range resp.Rows {
 		rec := []string{r.WindowStart.Format(time.RFC3339)}
 		for _, g := range resp.GroupBy {
 			rec = append(rec, csvSafe(r.Group[g]))
 		}
 		rec = append(rec, u(r.Requests), u(r.ClientErrors), u(r.ServerErrors), r.Units.String(), u(r.RequestBytes), u(r.ResponseBytes),
-			f(r.LatencyMS.P50), f(r.LatencyMS.P95), f(r.LatencyMS.P99), u(r.DistinctClientIPs))
+			f(r.LatencyMS, p50), f(r.LatencyMS, p95), f(r.LatencyMS, p99), u(r.DistinctClientIPs))
 		_ = cw.Write(rec)
 	}
 	cw.Flush()

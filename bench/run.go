@@ -303,13 +303,14 @@ func (r *runner) storageMetricsURL() string {
 }
 
 // processed is what the sink has dealt with: stored, dropped as an
-// in-batch duplicate, dead-lettered, or dropped as erased.
+// in-batch duplicate or a later copy of a stored id, dead-lettered, or
+// dropped as erased.
 func (r *runner) processed(ctx context.Context) (float64, error) {
 	m, err := scrape(ctx, r.client, r.storageMetricsURL())
 	if err != nil {
 		return 0, err
 	}
-	return m["meterline_sink_events_stored_total"] + m["meterline_sink_duplicates_dropped_total"] +
+	return m["meterline_sink_events_stored_total"] + m["meterline_sink_duplicates_dropped_total"] + m["meterline_sink_duplicates_stored_total"] +
 		m["meterline_sink_events_dead_lettered_total"] + m["meterline_sink_erased_events_dropped_total"], nil
 }
 
@@ -612,7 +613,7 @@ func (r *runner) sample(ctx context.Context) Sample {
 	mctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if m, err := scrape(mctx, r.client, r.storageMetricsURL()); err == nil {
-		s.Processed = int64(m["meterline_sink_events_stored_total"] + m["meterline_sink_duplicates_dropped_total"] +
+		s.Processed = int64(m["meterline_sink_events_stored_total"] + m["meterline_sink_duplicates_dropped_total"] + m["meterline_sink_duplicates_stored_total"] +
 			m["meterline_sink_events_dead_lettered_total"] + m["meterline_sink_erased_events_dropped_total"] - r.processed0)
 		s.GoSys = int64(m["go_memstats_sys_bytes"])
 		s.Lag = int64(m["meterline_sink_consumer_lag_messages"])

@@ -130,9 +130,19 @@ func eventRow(e *schemas.Event, m *kafka.Message, now time.Time) []any {
 	}
 	return []any{
 		e.ID, e.Time, e.APIKeyID, e.CustomerID, e.Gateway, e.Method, e.Route, uint16(e.Status),
-		e.LatencyMS, e.RequestBytes, e.ResponseBytes, e.ClientIP, e.UserAgent, e.Units,
+		measure(e, schemas.MeasureLatency, e.LatencyMS), measure(e, schemas.MeasureRequestBytes, e.RequestBytes),
+		measure(e, schemas.MeasureResponseBytes, e.ResponseBytes), e.ClientIP, e.UserAgent, e.Units,
 		props, int32(m.Partition), m.Offset, now,
 	}
+}
+
+// measure is the stored value of an optional measurement: nil (NULL) when
+// the event did not carry it.
+func measure[T float64 | uint64](e *schemas.Event, m schemas.Measures, v T) any {
+	if !e.Has(m) {
+		return nil
+	}
+	return v
 }
 
 // Dead-letter headers: a public contract, documented in the README.
@@ -187,6 +197,8 @@ type sinkMetrics struct {
 	unknownKeys    prometheus.Counter
 	erasedDropped  prometheus.Counter
 	truncated      prometheus.Counter
+
+	storedDuplicates prometheus.Counter
 }
 
 // NewSink wires a sink. It does not connect until Run.
@@ -274,6 +286,11 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		Help: "Events dropped because their customer's data was erased (privacy erasure).",
 	})
 	reg.MustRegister(s.m.unknownKeys, s.m.erasedDropped)
+	s.m.storedDuplicates = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meterline_sink_duplicates_stored_total",
+		Help: "Events dropped because their api_key_id and id were already stored with another time (the first stored copy wins).",
+	})
+	reg.MustRegister(s.m.storedDuplicates)
 	reg.MustRegister(s.m.stored, s.m.duplicates, s.m.deadLettered, s.m.batchEvents, s.m.insertDuration, s.m.retries, s.m.lag, s.m.lastFlush)
 	s.registerFaultMetrics(reg)
 	return s, nil
@@ -452,7 +469,12 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 		seen[k] = struct{}{}
 		rows = append(rows, pending{row: eventRow(&ev, m, now), msg: m})
 	}
-	more, err := s.insert(ctx, rows, batchToken(batch), now)
+	token := batchToken(batch)
+	rows, err := s.claimStored(ctx, rows, token, now)
+	if err != nil {
+		return err
+	}
+	more, err := s.insert(ctx, rows, token, now)
 	if err != nil {
 		return err
 	}

@@ -324,3 +324,31 @@ func fitDeadLetter(m kafka.Message, limit int) (kafka.Message, bool) {
 	}
 	return m, true
 }
+
+// retryStalling calls f until it succeeds or ctx ends: for storage work
+// whose failure can never be the rows' fault (the id claims of a batch),
+// so nothing is dead-lettered and no offset moves while it fails. An
+// environmental failure, or the third failure of any kind, reports the
+// sink stalled under op until f succeeds.
+func (s *Sink) retryStalling(ctx context.Context, op string, f func() error) error {
+	bo := retry.NewBackoff(s.cfg.RetryMin, s.cfg.RetryMax)
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil {
+			s.unstall(op)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.m.retries.WithLabelValues(op).Inc()
+		d := bo.Next()
+		if store.IsEnvironmental(err) || attempt >= insertAttemptsBeforeBlame {
+			s.stallFor(op, err)
+		}
+		s.log.Warn(op+" failed; retrying", "attempt", attempt, "retry_in", d, "err", err)
+		if !retry.Sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}

@@ -196,7 +196,8 @@ func TestCloudEvents(t *testing.T) {
 		{name: "mapping", check: func(t *testing.T, e Event) {
 			want := Event{ID: "ce-1", Time: time.Date(2026, 11, 23, 15, 0, 0, 500e6, time.UTC), APIKeyID: "key_1",
 				Gateway: "eu-1", Method: "POST", Route: "/v1/pets", Status: 201, Units: 3,
-				Properties: map[string]string{"plan": "pro"}}
+				Properties: map[string]string{"plan": "pro"},
+				Absent:     MeasureLatency | MeasureRequestBytes | MeasureResponseBytes}
 			if !eventsEqual(e, want) {
 				t.Errorf("got  %+v\nwant %+v", e, want)
 			}

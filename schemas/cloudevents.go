@@ -240,6 +240,7 @@ func (d *decoder) mergeData(ev, inner *Event, present, judged uint16, innerPrese
 	ev.LatencyMS = inner.LatencyMS
 	ev.RequestBytes = inner.RequestBytes
 	ev.ResponseBytes = inner.ResponseBytes
+	ev.Absent = inner.Absent
 	ev.ClientIP = inner.ClientIP
 	ev.UserAgent = inner.UserAgent
 	ev.Units = inner.Units

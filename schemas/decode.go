@@ -327,6 +327,7 @@ func (d *decoder) v1(data []byte, ms []member, prefix string, ev *Event) (presen
 	if present&(1<<fUnits) == 0 {
 		ev.Units = 1
 	}
+	ev.Absent = absentMeasures(present)
 	// Unknown fields come second so that a clash with an explicit property is
 	// always reported on the unknown field, whatever the member order.
 	if unknown {
@@ -344,6 +345,22 @@ func (d *decoder) v1(data []byte, ms []member, prefix string, ev *Event) (presen
 		}
 	}
 	return present, bad
+}
+
+// absentMeasures is the set of optional measurements missing from present
+// (an absent or null member; an invalid one fails the event anyway).
+func absentMeasures(present uint32) Measures {
+	var a Measures
+	if present&(1<<fLatencyMS) == 0 {
+		a |= MeasureLatency
+	}
+	if present&(1<<fRequestBytes) == 0 {
+		a |= MeasureRequestBytes
+	}
+	if present&(1<<fResponseBytes) == 0 {
+		a |= MeasureResponseBytes
+	}
+	return a
 }
 
 // field decodes one known field and reports whether its value was valid.

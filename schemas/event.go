@@ -47,11 +47,31 @@ type Event struct {
 	Units float64 `json:"units"`
 	// Properties are free string dimensions (plan, region, sdk).
 	Properties map[string]string `json:"properties,omitempty"`
+	// Absent marks the optional measurements (latency_ms, request_bytes,
+	// response_bytes) the event did not carry: they are stored as NULL, not
+	// 0, left out of the canonical JSON, and left out of percentiles. The
+	// decoder sets it; the zero value, as in an Event built in Go, means
+	// every measurement is present.
+	Absent Measures `json:"-"`
 }
+
+// Measures is a set of the event's optional measurements.
+type Measures uint8
+
+// The optional measurements of an event.
+const (
+	MeasureLatency Measures = 1 << iota
+	MeasureRequestBytes
+	MeasureResponseBytes
+)
+
+// Has tells whether the event carries measurement m.
+func (e *Event) Has(m Measures) bool { return e.Absent&m == 0 }
 
 // AppendJSON appends the canonical v1 JSON of e to dst and returns the
 // extended buffer. The canonical form has the fields in declaration order,
-// the optional strings only when non-empty, the time with exactly three
+// the optional strings only when non-empty, the optional measurements only
+// when present (see Absent), the time with exactly three
 // fractional digits in UTC, numbers in their shortest exact form and
 // properties sorted by key, so equal events always give equal bytes.
 //
@@ -84,12 +104,18 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	}
 	dst = append(dst, `,"status":`...)
 	dst = strconv.AppendInt(dst, int64(e.Status), 10)
-	dst = append(dst, `,"latency_ms":`...)
-	dst = appendFloat(dst, e.LatencyMS)
-	dst = append(dst, `,"request_bytes":`...)
-	dst = strconv.AppendUint(dst, e.RequestBytes, 10)
-	dst = append(dst, `,"response_bytes":`...)
-	dst = strconv.AppendUint(dst, e.ResponseBytes, 10)
+	if e.Has(MeasureLatency) {
+		dst = append(dst, `,"latency_ms":`...)
+		dst = appendFloat(dst, e.LatencyMS)
+	}
+	if e.Has(MeasureRequestBytes) {
+		dst = append(dst, `,"request_bytes":`...)
+		dst = strconv.AppendUint(dst, e.RequestBytes, 10)
+	}
+	if e.Has(MeasureResponseBytes) {
+		dst = append(dst, `,"response_bytes":`...)
+		dst = strconv.AppendUint(dst, e.ResponseBytes, 10)
+	}
 	if e.ClientIP != "" {
 		dst = append(dst, `,"client_ip":`...)
 		dst = appendString(dst, e.ClientIP)

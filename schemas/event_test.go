@@ -151,3 +151,29 @@ func TestEventSchemaIsACopy(t *testing.T) {
 		t.Error("EventSchema returned shared memory")
 	}
 }
+
+// TestAbsentMeasuresStayAbsent: an event without latency_ms or sizes (or
+// with null) decodes with them marked absent, and its canonical JSON (what
+// the collector writes to Kafka) leaves them out instead of writing 0, so
+// the sink stores NULL; present ones, 0 included, are kept.
+func TestAbsentMeasuresStayAbsent(t *testing.T) {
+	ref := time.Date(2026, 11, 23, 15, 0, 0, 0, time.UTC)
+	for in, want := range map[string]string{
+		`{"id":"a","time":"2026-11-23T14:59:00Z","api_key_id":"k","status":200}`:                                        `"status":200,"units":1}`,
+		`{"id":"a","time":"2026-11-23T14:59:00Z","api_key_id":"k","status":200,"latency_ms":null,"request_bytes":null}`: `"status":200,"units":1}`,
+		`{"id":"a","time":"2026-11-23T14:59:00Z","api_key_id":"k","status":200,"latency_ms":0,"response_bytes":5}`:      `"status":200,"latency_ms":0,"response_bytes":5,"units":1}`,
+	} {
+		e, err := Options{}.DecodeEvent([]byte(in), ref)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		out := string(e.AppendJSON(nil))
+		if !strings.HasSuffix(out, want) {
+			t.Errorf("%s\n  canonical %s\n  want it to end in %s", in, out, want)
+		}
+		again, err := Options{}.DecodeEvent([]byte(out), ref)
+		if err != nil || again.Absent != e.Absent {
+			t.Errorf("%s: round trip absent %v, want %v (%v)", in, again.Absent, e.Absent, err)
+		}
+	}
+}

@@ -65,6 +65,16 @@ func (o Options) Normalize(e *Event, ref time.Time) error {
 	if e.ResponseBytes > maxByteCount {
 		fail(fResponseBytes, bytesRuleMsg)
 	}
+	// An absent measurement has no value: keep equal events equal.
+	if !e.Has(MeasureLatency) {
+		e.LatencyMS = 0
+	}
+	if !e.Has(MeasureRequestBytes) {
+		e.RequestBytes = 0
+	}
+	if !e.Has(MeasureResponseBytes) {
+		e.ResponseBytes = 0
+	}
 	if e.ClientIP != "" {
 		if a, msg := clientIPRule(e.ClientIP); msg != "" {
 			fail(fClientIP, msg)

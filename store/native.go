@@ -55,6 +55,9 @@ type nativeType struct {
 	scale  int   // DateTime64 precision or Decimal scale
 	bytes  int   // Decimal storage: 4 (precision <= 9) or 8 bytes
 	limit  int64 // Decimal: 10^precision, the bound of the scaled value
+	// nullable marks Nullable(T): a null map (one byte per row, 1 for
+	// NULL) precedes the values, and a nil value is written as T's zero.
+	nullable bool
 }
 
 var (
@@ -71,6 +74,14 @@ var simpleNativeTypes = map[string]nativeKind{
 
 // parseNativeType maps a column type from system.columns to an encoder.
 func parseNativeType(t string) (nativeType, bool) {
+	if inner, ok := strings.CutPrefix(t, "Nullable("); ok && strings.HasSuffix(inner, ")") {
+		nt, ok := parseNativeType(inner[:len(inner)-1])
+		if !ok || nt.nullable || nt.kind == nkMapStringString || nt.kind == nkArrayString {
+			return nativeType{}, false
+		}
+		nt.nullable, nt.header = true, t
+		return nt, true
+	}
 	if k, ok := simpleNativeTypes[t]; ok {
 		return nativeType{kind: k, header: t}, true
 	}
@@ -128,8 +139,20 @@ func appendNativeColumn(dst []byte, t nativeType, rows [][]any, j int) ([]byte, 
 	case nkArrayString:
 		return appendNativeArrays(dst, rows, j)
 	}
+	if t.nullable {
+		for i := range rows {
+			if rows[i][j] == nil {
+				dst = append(dst, 1)
+			} else {
+				dst = append(dst, 0)
+			}
+		}
+	}
 	for i := range rows {
 		v := rows[i][j]
+		if v == nil && t.nullable {
+			v = nativeZero[t.kind]
+		}
 		switch t.kind {
 		case nkString:
 			switch x := v.(type) {
@@ -219,6 +242,14 @@ func appendNativeColumn(dst []byte, t nativeType, rows [][]any, j int) ([]byte, 
 		}
 	}
 	return dst, nil
+}
+
+// nativeZero is the value written under a NULL of a Nullable column.
+var nativeZero = map[nativeKind]any{
+	nkString: "", nkUInt8: uint64(0), nkUInt16: uint64(0), nkUInt32: uint64(0), nkUInt64: uint64(0),
+	nkInt8: int64(0), nkInt16: int64(0), nkInt32: int64(0), nkInt64: int64(0),
+	nkFloat32: float64(0), nkFloat64: float64(0), nkBool: false,
+	nkDateTime: time.Unix(0, 0), nkDateTime64: time.Unix(0, 0), nkDecimal64: float64(0),
 }
 
 // appendNativeMaps writes Map(String, String): offsets, then all keys, then

@@ -71,6 +71,48 @@ func TestNativeInsertMatchesJSON(t *testing.T) {
 	}
 }
 
+// TestNativeNullableMatchesJSON: Nullable columns written as Native (the
+// encoder itself, no fallback) hold the same NULLs and values as inline
+// JSON: a nil is NULL, not the type's zero.
+func TestNativeNullableMatchesJSON(t *testing.T) {
+	c := embeddedConnForTest(t, Config{})
+	ec := c.(*embeddedConn)
+	const cols = `(k UInt32, f Nullable(Float64), u Nullable(UInt64), s Nullable(String), t Nullable(DateTime64(3, 'UTC')))`
+	for _, tbl := range []string{"nnat", "njs"} {
+		mustExec(t, c, "CREATE TABLE "+tbl+" "+cols+" ENGINE = MergeTree ORDER BY k")
+	}
+	columns := []string{"k", "f", "u", "s", "t"}
+	at := time.Date(2026, 11, 23, 17, 4, 5, 123_000_000, time.UTC)
+	rows := [][]any{
+		{uint32(1), 12.5, uint64(7), "x", at},
+		{uint32(2), nil, nil, nil, nil},
+		{uint32(3), 0.0, uint64(0), "", at},
+	}
+	var types []nativeType
+	for _, typ := range []string{"UInt32", "Nullable(Float64)", "Nullable(UInt64)", "Nullable(String)", "Nullable(DateTime64(3, 'UTC'))"} {
+		nt, ok := parseNativeType(typ)
+		if !ok {
+			t.Fatalf("parseNativeType(%q) not supported", typ)
+		}
+		types = append(types, nt)
+	}
+	if err := ec.insertNative(testCtx(t), "nnat", columns, types, rows, InsertOptions{}); err != nil {
+		t.Fatalf("native insert: %v", err)
+	}
+	ec.jsonInserts = true
+	if err := c.Insert(testCtx(t), "njs", columns, rows, InsertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ec.jsonInserts = false
+	nat, js := dump(t, c, "nnat"), dump(t, c, "njs")
+	if nat != js {
+		t.Fatalf("Native and JSON inserts differ:\nnative: %s\njson:   %s", nat, js)
+	}
+	if want := "(2,NULL,NULL,NULL,NULL)"; !strings.Contains(nat, want) || !strings.Contains(nat, "(3,0,0,'',") {
+		t.Fatalf("stored %s, want NULLs in row 2 and zeros in row 3", nat)
+	}
+}
+
 // TestNativeFallsBackToJSON: a column type without a Native encoder, or a
 // value that does not fit its column, sends the insert as JSON (whose
 // errors and coercions are the engine's), and a table changed after its
@@ -103,7 +145,8 @@ func TestParseNativeType(t *testing.T) {
 	for typ, want := range map[string]bool{
 		"String": true, "LowCardinality(String)": true, "DateTime('UTC')": true, "DateTime": true,
 		"DateTime64(3, 'UTC')": true, "DateTime64(6)": true, "Decimal(18, 6)": true, "Decimal(38, 6)": false,
-		"Map(String, String)": true, "Map(String, UInt64)": false, "Nullable(String)": false, "IPv6": false,
+		"Map(String, String)": true, "Map(String, UInt64)": false, "Nullable(String)": true, "IPv6": false,
+		"Nullable(Float64)": true, "Nullable(UInt64)": true, "Nullable(Map(String, String))": false, "Nullable(IPv6)": false,
 		"AggregateFunction(uniqExact, String)": false, "LowCardinality(Nullable(String))": false,
 	} {
 		if _, ok := parseNativeType(typ); ok != want {

@@ -102,6 +102,7 @@ func retentionRules(c *Config) []store.RetentionRule {
 	raw, roll := c.Retention.RawMonths, c.Retention.RollupMonths
 	return []store.RetentionRule{
 		{Table: "events", Column: "time", Months: raw},
+		{Table: "event_ids", Column: "claimed_at", Months: raw}, // the sink's id claims live as long as raw events
 		{Table: "usage_minute", Column: "window_start", Months: roll},
 		{Table: "usage_hour", Column: "window_start", Months: roll},
 		{Table: "usage_day", Column: "window_start", Months: roll},

@@ -118,7 +118,7 @@ func printUsage(w io.Writer, ur api.UsageResponse) error {
 		}
 		cells = append(cells, fmt.Sprint(r.Requests), fmt.Sprint(r.ClientErrors), fmt.Sprint(r.ServerErrors), r.Units.String(),
 			fmt.Sprint(r.RequestBytes), fmt.Sprint(r.ResponseBytes),
-			fmt.Sprintf("%.1f", r.LatencyMS.P50), fmt.Sprintf("%.1f", r.LatencyMS.P95), fmt.Sprintf("%.1f", r.LatencyMS.P99), fmt.Sprint(r.DistinctClientIPs))
+			latencyCell(r.LatencyMS, 0), latencyCell(r.LatencyMS, 1), latencyCell(r.LatencyMS, 2), fmt.Sprint(r.DistinctClientIPs))
 		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
 	}
 	if err := tw.Flush(); err != nil {
@@ -148,4 +148,13 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// latencyCell prints quantile i (p50, p95, p99) of l, or "-" when no event
+// of the window carried a latency.
+func latencyCell(l *api.Latency, i int) string {
+	if l == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", [...]float64{l.P50, l.P95, l.P99}[i])
 }
