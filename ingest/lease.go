@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,9 @@ type Lease struct {
 	lastHeld  atomic.Bool
 	ready     chan struct{} // closed after the first election result
 	readyOnce sync.Once
+	// dial, when set, opens the lease's connections to the brokers (tests
+	// put a proxy between the lease and Kafka).
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // LeaseConfig tunes a Lease. Zero values take the defaults.
@@ -101,25 +105,11 @@ func (l *Lease) Run(ctx context.Context) error {
 	if err := l.ensureTopic(ctx); err != nil {
 		return err
 	}
-	dialer, err := l.kcfg.Dialer()
+	gcfg, err := l.groupConfig()
 	if err != nil {
 		return err
 	}
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                l.cfg.GroupPrefix + l.name,
-		Brokers:           l.kcfg.Brokers,
-		Dialer:            dialer,
-		Topics:            []string{l.cfg.Topic},
-		SessionTimeout:    l.cfg.SessionTimeout,
-		RebalanceTimeout:  l.cfg.SessionTimeout,
-		HeartbeatInterval: l.cfg.HeartbeatInterval,
-		JoinGroupBackoff:  time.Second,
-		GroupBalancers:    []kafka.GroupBalancer{stickyLease{l}},
-		Timeout:           l.cfg.SessionTimeout,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			l.log.Debug("kafka lease group: " + fmt.Sprintf(msg, args...))
-		}),
-	})
+	group, err := kafka.NewConsumerGroup(gcfg)
 	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.name, err)
 	}
@@ -140,28 +130,61 @@ func (l *Lease) Run(ctx context.Context) error {
 			l.log.Log(ctx, level, "lease election failed; retrying", "err", err)
 			continue // the group backs off by JoinGroupBackoff itself
 		}
-		holds := len(gen.Assignments[l.cfg.Topic]) > 0
-		l.lastHeld.Store(holds)
-		ended := make(chan struct{})
-		gen.Start(func(gctx context.Context) {
-			defer close(ended)
-			if holds {
-				l.held.Store(true)
-				l.log.Info("lease acquired", "generation", gen.ID)
-			}
-			<-gctx.Done()
-			if holds {
-				l.held.Store(false)
-				l.log.Info("lease released", "generation", gen.ID)
-			}
-		})
-		l.readyOnce.Do(func() { close(l.ready) })
-		select {
-		case <-ended:
-		case <-ctx.Done():
-			l.held.Store(false)
+		if !l.runGeneration(ctx, gen) {
 			return nil
 		}
+	}
+}
+
+// groupConfig is the consumer group the lease is elected through.
+func (l *Lease) groupConfig() (kafka.ConsumerGroupConfig, error) {
+	dialer, err := l.kcfg.Dialer()
+	if err != nil {
+		return kafka.ConsumerGroupConfig{}, err
+	}
+	dialer.DialFunc = l.dial
+	return kafka.ConsumerGroupConfig{
+		ID:                l.cfg.GroupPrefix + l.name,
+		Brokers:           l.kcfg.Brokers,
+		Dialer:            dialer,
+		Topics:            []string{l.cfg.Topic},
+		SessionTimeout:    l.cfg.SessionTimeout,
+		RebalanceTimeout:  l.cfg.SessionTimeout,
+		HeartbeatInterval: l.cfg.HeartbeatInterval,
+		JoinGroupBackoff:  time.Second,
+		GroupBalancers:    []kafka.GroupBalancer{stickyLease{l}},
+		Timeout:           l.cfg.SessionTimeout,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			l.log.Debug("kafka lease group: " + fmt.Sprintf(msg, args...))
+		}),
+	}, nil
+}
+
+// runGeneration takes part in one generation until it ends; it reports
+// false when ctx ended first.
+func (l *Lease) runGeneration(ctx context.Context, gen *kafka.Generation) bool {
+	holds := len(gen.Assignments[l.cfg.Topic]) > 0
+	l.lastHeld.Store(holds)
+	ended := make(chan struct{})
+	gen.Start(func(gctx context.Context) {
+		defer close(ended)
+		if holds {
+			l.held.Store(true)
+			l.log.Info("lease acquired", "generation", gen.ID)
+		}
+		<-gctx.Done()
+		if holds {
+			l.held.Store(false)
+			l.log.Info("lease released", "generation", gen.ID)
+		}
+	})
+	l.readyOnce.Do(func() { close(l.ready) })
+	select {
+	case <-ended:
+		return true
+	case <-ctx.Done():
+		l.held.Store(false)
+		return false
 	}
 }
 
@@ -175,6 +198,7 @@ func (l *Lease) ensureTopic(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	tr.Dial = l.dial
 	defer tr.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(l.kcfg.Brokers...), Transport: tr, Timeout: 10 * time.Second}
 	for attempt := 0; ; attempt++ {
