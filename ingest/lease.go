@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -56,6 +57,7 @@ type Lease struct {
 	readyOnce sync.Once
 	// hb sends the holder's heartbeats (set up by Run).
 	hb *kafka.Client
+	m  leaseMetrics
 	// dial, when set, opens the lease's connections to the brokers (tests
 	// put a proxy between the lease and Kafka).
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -132,8 +134,45 @@ func NewLease(cfg LeaseConfig, kcfg KafkaConfig, name string, log *slog.Logger) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	kcfg = kcfg.WithDefaults()
-	return &Lease{cfg: cfg.withDefaults(kcfg), kcfg: kcfg, name: name, log: log.With("lease", name),
+	l := &Lease{cfg: cfg.withDefaults(kcfg), kcfg: kcfg, name: name, log: log.With("lease", name),
 		epoch: time.Now(), ready: make(chan struct{})}
+	labels := prometheus.Labels{"lease": name}
+	l.m = leaseMetrics{
+		held: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meterline_lease_held", ConstLabels: labels,
+			Help: "1 while this process holds the lease, else 0.",
+		}, func() float64 {
+			if l.Held() {
+				return 1
+			}
+			return 0
+		}),
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meterline_lease_generation", ConstLabels: labels,
+			Help: "The lease group's generation whose election result this process last made visible (holder or not); 0 before the first.",
+		}),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meterline_lease_heartbeats_total", ConstLabels: labels,
+			Help: "Heartbeats the lease holder sent, by result: acked, refused (the generation is over) or failed (no answer in time).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"acked", "refused", "failed"} {
+		l.m.heartbeats.WithLabelValues(r)
+	}
+	return l
+}
+
+type leaseMetrics struct {
+	held       prometheus.GaugeFunc
+	generation prometheus.Gauge
+	heartbeats *prometheus.CounterVec
+}
+
+// Collectors returns the lease's metrics, labelled with its name, for
+// registration: meterline_lease_held, meterline_lease_generation and
+// meterline_lease_heartbeats_total{result}.
+func (l *Lease) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{l.m.held, l.m.generation, l.m.heartbeats}
 }
 
 // Held reports whether this process holds the lease right now: it was
@@ -252,6 +291,7 @@ func (l *Lease) runGeneration(ctx context.Context, gen *kafka.Generation) bool {
 			return // the generation ended before it began here
 		}
 		if !holds {
+			l.m.generation.Set(float64(gen.ID))
 			l.decided() // another member holds it; Held is false
 			<-gctx.Done()
 			return
@@ -288,19 +328,24 @@ func (l *Lease) hold(gctx context.Context, gen *kafka.Generation) {
 		case gctx.Err() != nil:
 			return
 		case refused != nil:
+			l.m.heartbeats.WithLabelValues("refused").Inc()
 			l.log.Debug("lease heartbeat refused; the generation is over", "generation", gen.ID, "err", refused)
 			return
 		case err == nil:
+			l.m.heartbeats.WithLabelValues("acked").Inc()
 			t.until.Store(sent + int64(l.cfg.validity()))
 			if l.term.Load() != t {
 				l.term.Store(t)
+				l.m.generation.Set(float64(gen.ID))
 				l.log.Info("lease acquired", "generation", gen.ID)
 				l.decided()
 			}
 		case l.term.Load() == t && l.since() >= t.until.Load():
+			l.m.heartbeats.WithLabelValues("failed").Inc()
 			l.log.Warn("lease lapsed: no heartbeat acknowledged in time", "generation", gen.ID, "err", err)
 			return
 		default:
+			l.m.heartbeats.WithLabelValues("failed").Inc()
 			l.log.Debug("lease heartbeat failed; retrying", "generation", gen.ID, "err", err)
 		}
 		select {
