@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meterline/meterline/internal/retry"
@@ -124,6 +125,9 @@ type alerter struct {
 	group  onceGroup
 	posts  chan struct{} // semaphore of maxConcurrentPosts
 	sender string        // random id of this alerter, on every row it records
+	// pending counts the alerts queued or being delivered
+	// (meterline_alerts_pending).
+	pending atomic.Int64
 
 	evalMu sync.Mutex // one evaluation at a time
 
@@ -241,10 +245,12 @@ func (a *alerter) evaluate(ctx context.Context, s *snapshot) error {
 		cust := al.event.CustomerID
 		q, running := a.queues[cust]
 		a.queues[cust] = append(q, al)
+		a.pending.Add(1)
 		if !running {
 			if !a.group.Go(func() { a.work(cust) }) {
 				delete(a.queues, cust)
 				delete(a.state, id)
+				a.pending.Add(-1)
 			}
 		}
 	}
@@ -307,6 +313,7 @@ func (a *alerter) work(cust string) {
 				// process) picks them up again.
 				a.forget(al)
 			}
+			a.pending.Add(-int64(len(q)))
 			delete(a.queues, cust)
 			a.mu.Unlock()
 			return
@@ -316,6 +323,7 @@ func (a *alerter) work(cust string) {
 		a.mu.Unlock()
 
 		final := a.deliver(al)
+		a.pending.Add(-1)
 
 		a.mu.Lock()
 		if a.period.Equal(al.event.PeriodStart) {

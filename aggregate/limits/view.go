@@ -235,6 +235,7 @@ type viewMetrics struct {
 	refreshErrors   prometheus.Counter
 	deliveries      *prometheus.CounterVec
 	sender          prometheus.GaugeFunc
+	pending         prometheus.GaugeFunc
 }
 
 // NewView wires a View. It does no I/O; Lookup answers ErrStale until the
@@ -273,6 +274,15 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 		}
 		return 0
 	})
+	v.m.pending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meterline_alerts_pending",
+		Help: "Usage alerts queued or being delivered (waiting between retries included) in this process.",
+	}, func() float64 {
+		if v.alerts == nil {
+			return 0
+		}
+		return float64(v.alerts.pending.Load())
+	})
 	for _, o := range []string{outcomeDelivered, outcomeRetrying, outcomeFailed} {
 		v.m.deliveries.WithLabelValues(o)
 	}
@@ -287,7 +297,7 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 			}
 			return v.now().Sub(s.asOf).Seconds()
 		})
-		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness, v.m.sender)
+		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness, v.m.sender, v.m.pending)
 		// The registry may be shared with the sink, which may have
 		// registered it already.
 		if err := prom.Register(reg); err != nil {

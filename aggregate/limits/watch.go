@@ -59,6 +59,7 @@ type watcher struct {
 
 // poll checks the file once and reloads it if its content changed.
 func (w *watcher) poll() {
+	defer w.reg.polls.Add(1)
 	st, err := os.Stat(w.path)
 	if err != nil {
 		if !w.missing {

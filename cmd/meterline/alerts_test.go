@@ -94,6 +94,12 @@ limits:
 	// A repeat would be queued by a later refresh: let five more refreshes
 	// pass (each evaluates the thresholds again) with every attempt counted.
 	afterRefreshes(t, addr, 5)
+	testenv.Eventually(t, time.Minute, func() error {
+		if n, err := metric(addr, "meterline_alerts_pending"); err != nil || n != 0 {
+			return fmt.Errorf("meterline_alerts_pending = %v (%v), want 0", n, err)
+		}
+		return nil
+	})
 	if n, err := metric(addr, "meterline_alerts_deliveries_total"); err != nil || n != 2 {
 		t.Fatalf("meterline_alerts_deliveries_total = %v (%v), want 2 attempts", n, err)
 	}
