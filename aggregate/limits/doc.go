@@ -73,6 +73,7 @@
 // meterline_limits_refresh_duration_seconds,
 // meterline_limits_refresh_errors_total,
 // meterline_limits_staleness_seconds,
-// meterline_alerts_deliveries_total{outcome} and
+// meterline_alerts_deliveries_total{outcome},
+// meterline_alerts_sender, meterline_alerts_pending and
 // meterline_registry_reloads_total{result}.
 package limits
