@@ -314,6 +314,9 @@ func (l *Lease) runGeneration(ctx context.Context, gen *kafka.Generation) bool {
 // coordinator may be evicting this member); the group then rejoins.
 func (l *Lease) hold(gctx context.Context, gen *kafka.Generation) {
 	t := &leaseTerm{ctx: gctx, generation: gen.ID}
+	// Not held until the first acknowledgement; given up like a lapsed
+	// term if none comes within the validity.
+	t.until.Store(l.since() + int64(l.cfg.validity()))
 	defer func() {
 		if l.term.CompareAndSwap(t, nil) {
 			l.log.Info("lease released", "generation", gen.ID)
@@ -340,7 +343,7 @@ func (l *Lease) hold(gctx context.Context, gen *kafka.Generation) {
 				l.log.Info("lease acquired", "generation", gen.ID)
 				l.decided()
 			}
-		case l.term.Load() == t && l.since() >= t.until.Load():
+		case l.since() >= t.until.Load():
 			l.m.heartbeats.WithLabelValues("failed").Inc()
 			l.log.Warn("lease lapsed: no heartbeat acknowledged in time", "generation", gen.ID, "err", err)
 			return
