@@ -220,7 +220,9 @@ type AlertGate interface {
 // SetAlertGate makes the View evaluate and send alerts only while g is
 // held; a delivery in progress stops before its next attempt once g is
 // lost, and the holder that follows picks it up from alert_deliveries.
-// Call it before Run.
+// Each attempt is also fenced through alert_deliveries (see claim), under
+// g's generation when g is an AlertFence (ingest.Lease is). Call it
+// before Run.
 func (v *View) SetAlertGate(g AlertGate) { v.gate = g }
 
 // AlertsOn reports whether this View evaluates alerts at all (a secret, a
