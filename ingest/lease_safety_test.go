@@ -110,7 +110,9 @@ func TestLeaseReadyMeansHeldIsVisible(t *testing.T) {
 // it at once.
 func TestLeaseCutOffHolderStopsBeforeEviction(t *testing.T) {
 	brokers := testenv.KafkaBrokers(t)
-	cfg := LeaseConfig{Topic: testenv.Unique("leases"), SessionTimeout: 6 * time.Second}
+	// The default margins (a fifth of the session timeout, 2s here) leave
+	// the test's polling loop seconds to see the holder stop first.
+	cfg := LeaseConfig{Topic: testenv.Unique("leases"), SessionTimeout: 10 * time.Second}
 	name := testenv.Unique("alerts")
 	px := newBlackholeProxy(t)
 
@@ -179,6 +181,8 @@ func TestLeaseCutOffHolderStopsBeforeEviction(t *testing.T) {
 		if !aHeld && released == 0 {
 			released = time.Since(cut)
 		}
+		// Held is sampled before the group is described: a holder seen
+		// not holding while the broker still lists it stopped first.
 		in, _, err := members()
 		if err == nil && !in {
 			// The broker has evicted the holder: the lease may be elsewhere.

@@ -16,8 +16,12 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/testenv"
 )
+
+// The alert lease fences deliveries with its generation.
+var _ limits.AlertFence = (*ingest.Lease)(nil)
 
 // TestAlertsThroughServe: serve with a catalogue whose plan has alert
 // thresholds sends one signed webhook per crossed threshold, from the
