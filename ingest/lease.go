@@ -94,10 +94,9 @@ type LeaseConfig struct {
 	// and clocks that run at slightly different rates. Default
 	// SessionTimeout / 5.
 	SafetyMargin time.Duration
-	// HeartbeatTimeout bounds one heartbeat (and the group's other
-	// requests); it is below the validity SessionTimeout - SafetyMargin,
-	// so a heartbeat that hangs ends while the term is still valid.
-	// Default SessionTimeout / 3.
+	// HeartbeatTimeout bounds one of the holder's heartbeats; it is below
+	// the validity SessionTimeout - SafetyMargin, so a heartbeat that
+	// hangs ends while the term is still valid. Default SessionTimeout / 3.
 	HeartbeatTimeout time.Duration
 }
 
@@ -270,9 +269,12 @@ func (l *Lease) groupConfig() (kafka.ConsumerGroupConfig, error) {
 		HeartbeatInterval: l.cfg.HeartbeatInterval,
 		JoinGroupBackoff:  time.Second,
 		GroupBalancers:    []kafka.GroupBalancer{stickyLease{l}},
-		// Below the term's validity, so the group's own heartbeat that
-		// hangs ends the generation soon after the term lapsed.
-		Timeout: l.cfg.HeartbeatTimeout,
+		// The group's own requests (its heartbeats, and joins, which
+		// wait up to the rebalance timeout plus the broker's initial
+		// rebalance delay on top of this) get kafka-go's default or half
+		// the session timeout, below the session timeout either way.
+		// Holding does not depend on them: Held has its own deadline.
+		Timeout: max(5*time.Second, l.cfg.SessionTimeout/2),
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
 			l.log.Debug("kafka lease group: " + fmt.Sprintf(msg, args...))
 		}),
