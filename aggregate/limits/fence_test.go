@@ -62,9 +62,13 @@ func TestAlertFenceNoSecondSendWhileAnAttemptIsInFlight(t *testing.T) {
 	})
 	cust := testenv.Unique("fenced")
 	reg := NewRegistry(alertCatalogue(t, map[string]string{cust: rc.srv.URL}))
-	a := newTestView(t, alertConfig(), reg, fixedSource{cust: 850}, db)
+	// A long webhook timeout (and so fence window): a's attempt stays in
+	// flight however slowly the machine runs the test.
+	cfg := alertConfig()
+	cfg.WebhookTimeout = time.Minute
+	a := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
 	a.SetAlertGate(heldGate(1))
-	b := newTestView(t, alertConfig(), reg, fixedSource{cust: 850}, db)
+	b := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
 	b.SetAlertGate(heldGate(2))
 
 	refresh(t, a)
@@ -111,6 +115,7 @@ func TestAlertFenceNewerGenerationSupersedes(t *testing.T) {
 	reg := NewRegistry(alertCatalogue(t, map[string]string{cust: rc.srv.URL}))
 	cfg := alertConfig()
 	cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour // b's retry stays pending
+	cfg.WebhookTimeout = time.Minute                  // b's row stays within the fence window
 	b := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
 	b.SetAlertGate(heldGate(2))
 	a := newTestView(t, cfg, reg, fixedSource{cust: 850}, db)
