@@ -60,7 +60,8 @@ customers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := limits.NewView(limits.Config{WebhookSecret: secret}, limits.NewRegistry(cat), aggregate.NewQuerier(db), db, prometheus.NewRegistry(), quiet())
+	prom := prometheus.NewRegistry()
+	view := limits.NewView(limits.Config{WebhookSecret: secret}, limits.NewRegistry(cat), aggregate.NewQuerier(db), db, prom, quiet())
 	defer view.Close()
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
 	for i := 0; i < 5; i++ {
@@ -90,10 +91,38 @@ customers:
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond) // nothing else may arrive
+	// A repeat would be queued by a refresh: refresh again, then wait until
+	// nothing is queued or being delivered.
+	for i := 0; i < 3; i++ {
+		if err := view.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := gauge(t, prom, "meterline_alerts_pending"); n != 0 {
+			return fmt.Errorf("%v alerts pending", n)
+		}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 2 || got[0].Threshold != 0.8 || got[1].Threshold != 1.0 || got[0].CustomerID != cust || got[1].Used != 11 {
 		t.Fatalf("webhooks: %+v", got)
 	}
+}
+
+// gauge reads an unlabelled gauge from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("gauge %s not registered", name)
+	return 0
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/meterline/meterline/internal/testenv"
 )
 
@@ -58,13 +60,20 @@ func TestLeaseOneHolderAndFailover(t *testing.T) {
 			holder = h[0]
 			return nil
 		})
-		// Stable: nobody else claims it while the group is settled.
-		for range 20 {
+		// Stable: nobody else claims it while the holder's next three
+		// heartbeats are acknowledged (the group may still be settling,
+		// so a moment without a holder is allowed, two holders never).
+		acked := func() float64 { return testutil.ToFloat64(ms[holder].l.m.heartbeats.WithLabelValues("acked")) }
+		from := acked()
+		testenv.Eventually(t, time.Minute, func() error {
 			if h := holders(ms); len(h) > 1 {
 				t.Fatalf("two holders at once: %v", h)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			if n := acked(); n < from+3 {
+				return fmt.Errorf("%v heartbeats acknowledged, want %v", n, from+3)
+			}
+			return nil
+		})
 		return holder
 	}
 
@@ -163,11 +172,10 @@ func TestLeaseFailsOverAfterKill(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the second member never joined")
 	}
-	for range 20 { // the child holds it: the newcomer must not
-		if l.Held() {
-			t.Fatal("the second member holds the lease while the first is alive")
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Ready: Held shows the election's result. The child holds it: the
+	// newcomer must not.
+	if l.Held() {
+		t.Fatal("the second member holds the lease while the first is alive")
 	}
 
 	if err := child.Process.Kill(); err != nil {

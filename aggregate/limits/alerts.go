@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meterline/meterline/internal/retry"
@@ -51,6 +52,7 @@ const AlertDeliveriesTable = "alert_deliveries"
 var alertColumns = []string{
 	"delivery_id", "customer_id", "plan_id", "period_start", "threshold",
 	"attempt", "attempted_at", "status_code", "outcome", "error",
+	"lease_generation", "sender", // migration 0008
 }
 
 // Outcomes of a delivery attempt, as recorded and counted.
@@ -58,6 +60,10 @@ const (
 	outcomeDelivered = "delivered" // a 2xx answer
 	outcomeRetrying  = "retrying"  // failed; another attempt follows
 	outcomeFailed    = "failed"    // failed; no further attempt this period
+	// Fencing rows (migration 0008), not attempts: a claim recorded before
+	// each attempt, and the conclusion of a claim given up unsent.
+	outcomeSending   = "sending"
+	outcomeWithdrawn = "withdrawn"
 )
 
 const (
@@ -118,6 +124,10 @@ type alerter struct {
 	cancel context.CancelFunc
 	group  onceGroup
 	posts  chan struct{} // semaphore of maxConcurrentPosts
+	sender string        // random id of this alerter, on every row it records
+	// pending counts the alerts queued or being delivered
+	// (meterline_alerts_pending).
+	pending atomic.Int64
 
 	evalMu sync.Mutex // one evaluation at a time
 
@@ -135,6 +145,7 @@ func newAlerter(v *View) *alerter {
 		ctx:    ctx,
 		cancel: cancel,
 		posts:  make(chan struct{}, maxConcurrentPosts),
+		sender: newSenderID(),
 		state:  map[string]alertState{},
 		queues: map[string][]*alert{},
 	}
@@ -234,10 +245,12 @@ func (a *alerter) evaluate(ctx context.Context, s *snapshot) error {
 		cust := al.event.CustomerID
 		q, running := a.queues[cust]
 		a.queues[cust] = append(q, al)
+		a.pending.Add(1)
 		if !running {
 			if !a.group.Go(func() { a.work(cust) }) {
 				delete(a.queues, cust)
 				delete(a.state, id)
+				a.pending.Add(-1)
 			}
 		}
 	}
@@ -300,6 +313,7 @@ func (a *alerter) work(cust string) {
 				// process) picks them up again.
 				a.forget(al)
 			}
+			a.pending.Add(-int64(len(q)))
 			delete(a.queues, cust)
 			a.mu.Unlock()
 			return
@@ -309,6 +323,7 @@ func (a *alerter) work(cust string) {
 		a.mu.Unlock()
 
 		final := a.deliver(al)
+		a.pending.Add(-1)
 
 		a.mu.Lock()
 		if a.period.Equal(al.event.PeriodStart) {
@@ -344,7 +359,8 @@ func (a *alerter) deliver(al *alert) string {
 		case <-a.ctx.Done():
 			return ""
 		}
-		if !a.v.sending() {
+		tok, held := a.v.token()
+		if !held {
 			// Another process sends alerts now; it finds this one
 			// undelivered in alert_deliveries and carries on.
 			<-a.posts
@@ -353,6 +369,15 @@ func (a *alerter) deliver(al *alert) string {
 			return ""
 		}
 		start := time.Now()
+		if verdict := a.claim(al, al.firstAttempt+n, start, tok); verdict != fenceClear {
+			<-a.posts
+			a.v.log.Info("usage alert not sent: "+string(verdict),
+				"customer_id", al.event.CustomerID, "delivery_id", al.event.DeliveryID, "lease_generation", tok)
+			if verdict == fenceDelivered {
+				return outcomeDelivered
+			}
+			return "" // a later evaluation looks again
+		}
 		res := a.post(al)
 		<-a.posts
 
@@ -367,7 +392,7 @@ func (a *alerter) deliver(al *alert) string {
 		case res.permanent || n == cfg.MaxAttempts-1:
 			outcome = outcomeFailed
 		}
-		a.record(al, al.firstAttempt+n, start, res, outcome)
+		a.record(al, al.firstAttempt+n, start, res, outcome, tok)
 		a.v.m.deliveries.WithLabelValues(outcome).Inc()
 		log := a.v.log.With("customer_id", al.event.CustomerID, "delivery_id", al.event.DeliveryID,
 			"threshold", al.event.Threshold, "attempt", al.firstAttempt+n, "status", res.status)
@@ -465,24 +490,32 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 // the attempt cut short by a stop is still recorded, and retries briefly:
 // a delivered row that is lost lets a restarted process send the alert
 // again.
-func (a *alerter) record(al *alert, attempt int, at time.Time, res postResult, outcome string) {
+func (a *alerter) record(al *alert, attempt int, at time.Time, res postResult, outcome string, tok int64) {
+	if err := a.insert(al, attempt, at, res, outcome, tok); err != nil {
+		a.v.log.Error("recording a usage alert attempt failed", "customer_id", al.event.CustomerID,
+			"delivery_id", al.event.DeliveryID, "outcome", outcome, "err", err)
+	}
+}
+
+// insert writes one row of alert_deliveries, retrying briefly.
+func (a *alerter) insert(al *alert, attempt int, at time.Time, res postResult, outcome string, tok int64) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), recordTimeout)
 	defer cancel()
 	row := []any{
 		al.event.DeliveryID, al.event.CustomerID, al.event.PlanID, al.event.PeriodStart, al.event.Threshold,
 		uint16(min(attempt, 65535)), at.UTC(), uint16(min(max(res.status, 0), 65535)), outcome, res.errText,
+		tok, a.sender,
 	}
 	var err error
 	for try := range 3 {
 		if err = a.v.db.Insert(ctx, AlertDeliveriesTable, alertColumns, [][]any{row}, store.InsertOptions{}); err == nil {
-			return
+			return nil
 		}
 		if !sleepCtx(ctx, time.Duration(200<<try)*time.Millisecond) {
 			break
 		}
 	}
-	a.v.log.Error("recording a usage alert attempt failed", "customer_id", al.event.CustomerID,
-		"delivery_id", al.event.DeliveryID, "outcome", outcome, "err", err)
+	return err
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.

@@ -41,8 +41,12 @@
 //     the same (in the Meterline-Delivery header and the body), so the
 //     receiver drops the repeat. Receivers must deduplicate on it; no
 //     webhook system can promise exactly once without the receiver.
-//   - two processes evaluating alerts at once could both send before
-//     either records; keep alerts enabled in one process (DisableAlerts).
+//   - with several processes, one sends at a time (an AlertGate such as
+//     ingest.Lease), and every attempt is fenced: the sender records a
+//     claim with its lease generation (AlertFence) and reads the
+//     delivery's rows back before sending, so two senders that overlap
+//     never both send (docs/design.md lists what is and is not
+//     guaranteed).
 //
 // Deliveries run in the background, one worker per customer (a customer's
 // alerts arrive in threshold order; customers never wait for each other),
@@ -69,6 +73,7 @@
 // meterline_limits_refresh_duration_seconds,
 // meterline_limits_refresh_errors_total,
 // meterline_limits_staleness_seconds,
-// meterline_alerts_deliveries_total{outcome} and
+// meterline_alerts_deliveries_total{outcome},
+// meterline_alerts_sender, meterline_alerts_pending and
 // meterline_registry_reloads_total{result}.
 package limits

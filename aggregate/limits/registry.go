@@ -401,6 +401,9 @@ func newIndex(c *Catalogue) *index {
 type Registry struct {
 	cur     atomic.Pointer[index]
 	reloads *prometheus.CounterVec
+	// polls counts WatchFile's completed polls of the catalogue file, so
+	// that a test can tell that the watcher has looked at a change.
+	polls atomic.Int64
 }
 
 // NewRegistry returns a Registry holding c. A nil c is an empty catalogue:

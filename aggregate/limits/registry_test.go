@@ -264,13 +264,26 @@ func TestWatchFileReloadsAndKeepsTheOldCatalogueOnError(t *testing.T) {
 	success := func() float64 { return testutil.ToFloat64(r.reloads.WithLabelValues("success")) }
 	failed := func() float64 { return testutil.ToFloat64(r.reloads.WithLabelValues("error")) }
 
+	// polled waits until the watcher has completed two more polls than
+	// now, so at least one poll began after this point.
+	polled := func() {
+		t.Helper()
+		n := r.polls.Load()
+		testenv.Eventually(t, 5*time.Second, func() error {
+			if r.polls.Load() < n+2 {
+				return errors.New("the watcher has not polled yet")
+			}
+			return nil
+		})
+	}
+
 	// An unchanged file (same content, even touched) is not a reload.
-	time.Sleep(50 * time.Millisecond)
+	polled()
 	now := time.Now()
 	if err := os.Chtimes(path, now, now); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	polled()
 	if success() != 0 || failed() != 0 {
 		t.Fatalf("reloads without a change: success %v, error %v", success(), failed())
 	}
@@ -293,7 +306,7 @@ func TestWatchFileReloadsAndKeepsTheOldCatalogueOnError(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(50 * time.Millisecond) // more polls of the same bad file
+	polled() // more polls of the same bad file
 	if failed() != 1 {
 		t.Errorf("error reloads = %v, want 1 (logged once per content)", failed())
 	}

@@ -220,7 +220,9 @@ type AlertGate interface {
 // SetAlertGate makes the View evaluate and send alerts only while g is
 // held; a delivery in progress stops before its next attempt once g is
 // lost, and the holder that follows picks it up from alert_deliveries.
-// Call it before Run.
+// Each attempt is also fenced through alert_deliveries (see claim), under
+// g's generation when g is an AlertFence (ingest.Lease is). Call it
+// before Run.
 func (v *View) SetAlertGate(g AlertGate) { v.gate = g }
 
 // AlertsOn reports whether this View evaluates alerts at all (a secret, a
@@ -235,6 +237,7 @@ type viewMetrics struct {
 	refreshErrors   prometheus.Counter
 	deliveries      *prometheus.CounterVec
 	sender          prometheus.GaugeFunc
+	pending         prometheus.GaugeFunc
 }
 
 // NewView wires a View. It does no I/O; Lookup answers ErrStale until the
@@ -273,6 +276,15 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 		}
 		return 0
 	})
+	v.m.pending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meterline_alerts_pending",
+		Help: "Usage alerts queued or being delivered (waiting between retries included) in this process.",
+	}, func() float64 {
+		if v.alerts == nil {
+			return 0
+		}
+		return float64(v.alerts.pending.Load())
+	})
 	for _, o := range []string{outcomeDelivered, outcomeRetrying, outcomeFailed} {
 		v.m.deliveries.WithLabelValues(o)
 	}
@@ -287,7 +299,7 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 			}
 			return v.now().Sub(s.asOf).Seconds()
 		})
-		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness, v.m.sender)
+		prom.MustRegister(v.m.refreshDuration, v.m.refreshErrors, v.m.deliveries, staleness, v.m.sender, v.m.pending)
 		// The registry may be shared with the sink, which may have
 		// registered it already.
 		if err := prom.Register(reg); err != nil {

@@ -51,8 +51,9 @@ func (w *watcher) core() *filewatch.Watcher {
 				w.reg.Swap(c)
 				return []any{"plans", len(c.Plans), "customers", len(c.Customers)}, nil
 			},
-			Result: func(result string) { w.reg.reloads.WithLabelValues(result).Inc() },
-			Log:    w.log,
+			Result:    func(result string) { w.reg.reloads.WithLabelValues(result).Inc() },
+			AfterPoll: func() { w.reg.polls.Add(1) },
+			Log:       w.log,
 		}
 	}
 	return w.w

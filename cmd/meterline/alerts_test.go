@@ -16,8 +16,12 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/testenv"
 )
+
+// The alert lease fences deliveries with its generation.
+var _ limits.AlertFence = (*ingest.Lease)(nil)
 
 // TestAlertsThroughServe: serve with a catalogue whose plan has alert
 // thresholds sends one signed webhook per crossed threshold, from the
@@ -91,7 +95,18 @@ limits:
 		}
 		return nil
 	})
-	time.Sleep(time.Second) // a repeat would arrive within a few refreshes
+	// A repeat would be queued by a later refresh: let five more refreshes
+	// pass (each evaluates the thresholds again) with every attempt counted.
+	afterRefreshes(t, addr, 5)
+	testenv.Eventually(t, time.Minute, func() error {
+		if n, err := metric(addr, "meterline_alerts_pending"); err != nil || n != 0 {
+			return fmt.Errorf("meterline_alerts_pending = %v (%v), want 0", n, err)
+		}
+		return nil
+	})
+	if n, err := metric(addr, "meterline_alerts_deliveries_total"); err != nil || n != 2 {
+		t.Fatalf("meterline_alerts_deliveries_total = %v (%v), want 2 attempts", n, err)
+	}
 	r := received()
 	if len(r) != 2 || !strings.Contains(r[0], `"threshold":0.8`) || !strings.Contains(r[1], `"threshold":1`) ||
 		strings.Fields(r[0])[0] == strings.Fields(r[1])[0] {
@@ -128,18 +143,60 @@ limits:
 		}
 		return nil
 	})
-	for range 10 {
-		if v1, v2, err := senders(); err != nil || v1 != 1 || v2 != 0 {
-			t.Fatalf("meterline_alerts_sender: %v and %v (%v), want the first process to keep sending alone", v1, v2, err)
+	// The group is Stable, but each process sees the new generation's
+	// result only after its assignment (and, on the holder, an
+	// acknowledged heartbeat). Once both have made the same generation's
+	// result visible (the second can only be in one with both members),
+	// the first must be the sender and the second not.
+	testenv.Eventually(t, time.Minute, func() error {
+		g1, err1 := metric(addr, "meterline_lease_generation")
+		g2, err2 := metric(addr2, "meterline_lease_generation")
+		if err1 != nil || err2 != nil || g1 != g2 || g2 == 0 {
+			return fmt.Errorf("lease generations %v and %v (%v; %v), want the same", g1, g2, err1, err2)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		if v1, v2, err := senders(); err != nil || v1 != 1 || v2 != 0 {
+			return fmt.Errorf("meterline_alerts_sender: %v and %v (%v), want the first process to keep sending alone", v1, v2, err)
+		}
+		return nil
+	})
+	// It stays there: through three more acknowledged heartbeats of the
+	// holder the second never sends (a rebalance on a loaded machine may
+	// leave a moment without a sender; the lease stays with the first).
+	const acks = `meterline_lease_heartbeats_total{lease="alerts",result="acked"}`
+	acked, _ := metric(addr, acks)
+	testenv.Eventually(t, time.Minute, func() error {
+		v1, v2, err := senders()
+		if err == nil && v2 != 0 {
+			t.Fatalf("meterline_alerts_sender: %v and %v, want the first process to keep sending alone", v1, v2)
+		}
+		if n, err := metric(addr, acks); err != nil || n < acked+3 || v1 != 1 {
+			return fmt.Errorf("%v acknowledged heartbeats (want %v), sender %v (%v)", n, acked+3, v1, err)
+		}
+		return nil
+	})
 	// The first process dies without leaving the group: after the lease
 	// timeout the second sends.
 	p1.kill()
 	testenv.Eventually(t, time.Minute, func() error {
 		if v, err := metric(addr2, "meterline_alerts_sender"); err != nil || v != 1 {
 			return fmt.Errorf("second process: meterline_alerts_sender = %v (%v), want 1 after the first was killed", v, err)
+		}
+		return nil
+	})
+}
+
+// afterRefreshes waits until the limits view of the process at addr has
+// completed n more refreshes than now.
+func afterRefreshes(t *testing.T, addr string, n float64) {
+	t.Helper()
+	const name = "meterline_limits_refresh_duration_seconds_count"
+	before, err := metric(addr, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, func() error {
+		if v, err := metric(addr, name); err != nil || v < before+n {
+			return fmt.Errorf("%s = %v (%v), want %v", name, v, err, before+n)
 		}
 		return nil
 	})

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -300,13 +301,14 @@ customers:
 	}
 	const head = "plans:\n  - {plan: starter, mode: meter_events, event_name: api_units}\ncustomers:\n  - {id: acme, stripe_customer_id: cus_A}\n"
 	write(head)
+	refusals := &refusalLog{}
 	applied := make(chan *billing.Mapping, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		watchMapping(ctx, path, 20*time.Millisecond, func() *limits.Catalogue { return cat }, func(m *billing.Mapping) { applied <- m },
-			slog.New(slog.DiscardHandler))
+			slog.New(refusals))
 	}()
 	defer func() { cancel(); <-done }()
 	next := func() *billing.Mapping {
@@ -328,7 +330,13 @@ customers:
 	}
 	write(head + "  - {id: nobody, stripe_customer_id: cus_N}\n") // not in the catalogue
 	write(head + "  - {id: globex, stripe_customer_id: cus_G2, colour: red}\n")
-	time.Sleep(200 * time.Millisecond)
+	// The watcher has read the last invalid file once it refuses it.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !refusals.seen("colour") {
+			return errors.New("the last invalid mapping has not been refused yet")
+		}
+		return nil
+	})
 	select {
 	case m := <-applied:
 		t.Fatalf("an invalid mapping was applied: %+v", m.Customers)
@@ -338,4 +346,40 @@ customers:
 	if m := next(); len(m.Customers) != 2 || m.Customers[1].StripeCustomerID != "cus_G3" {
 		t.Fatalf("after fixing the file: %+v", m.Customers)
 	}
+}
+
+// refusalLog is a slog handler that keeps the "err" attribute of every
+// error record.
+type refusalLog struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (l *refusalLog) Enabled(_ context.Context, level slog.Level) bool {
+	return level >= slog.LevelError
+}
+func (l *refusalLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" {
+			l.mu.Lock()
+			l.errs = append(l.errs, a.Value.String())
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+func (l *refusalLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *refusalLog) WithGroup(string) slog.Handler      { return l }
+
+// seen reports whether an error naming s was logged.
+func (l *refusalLog) seen(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.errs {
+		if strings.Contains(e, s) {
+			return true
+		}
+	}
+	return false
 }

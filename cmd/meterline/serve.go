@@ -281,6 +281,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 			// One sender among the query processes, elected through Kafka.
 			lease := ingest.NewLease(ingest.LeaseConfig{SessionTimeout: cfg.Limits.AlertLeaseTimeout}, cfg.Kafka, "alerts", log.With("role", roleQuery))
 			view.SetAlertGate(lease)
+			reg.MustRegister(lease.Collectors()...)
 			goRun("alert lease", lease.Run)
 		}
 		goRun("limits view", view.Run)

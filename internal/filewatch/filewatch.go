@@ -49,6 +49,9 @@ type Watcher struct {
 	// Result counts each reload by outcome (ResultSuccess or ResultError);
 	// nil counts nothing.
 	Result func(result string)
+	// AfterPoll, when set, is called after every poll, whatever its
+	// outcome (tests wait on it instead of sleeping).
+	AfterPoll func()
 	// Log receives one line per reload or failure; nil discards.
 	Log *slog.Logger
 
@@ -89,6 +92,9 @@ func (w *Watcher) count(result string) {
 
 // Poll checks the file once and applies it if its content changed.
 func (w *Watcher) Poll() {
+	if w.AfterPoll != nil {
+		defer w.AfterPoll()
+	}
 	st, err := os.Stat(w.Path)
 	if err != nil {
 		if !w.missing {
