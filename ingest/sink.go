@@ -424,7 +424,7 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 				s.m.unknownKeys.Inc()
 			}
 		}
-		if ev.CustomerID != "" && s.erased != nil && s.erased.Erased(ev.CustomerID) {
+		if s.erasedEvent(&ev) {
 			// The customer's data was erased: a redelivered or late event
 			// must not bring it back. Its offset is committed with the batch.
 			s.m.erasedDropped.Inc()

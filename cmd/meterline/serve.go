@@ -280,6 +280,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.NewStoredHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
+		erasures.CatalogueKeys(catalogueKeys(registry))
 		goRun("erasures", erasures.Run)
 		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay,
 			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
