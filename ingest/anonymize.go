@@ -125,15 +125,10 @@ func (a Anonymizer) Apply(e *schemas.Event) error {
 	if len(e.Properties) == 0 {
 		e.Properties = nil
 	}
-	switch {
-	case a.UserAgentMaxBytes < 0:
+	if a.UserAgentMaxBytes < 0 {
 		e.UserAgent = ""
-	case len(e.UserAgent) > a.UserAgentMaxBytes:
-		cut := a.UserAgentMaxBytes
-		for cut > 0 && !utf8.RuneStart(e.UserAgent[cut]) {
-			cut--
-		}
-		e.UserAgent = e.UserAgent[:cut]
+	} else {
+		e.UserAgent = a.cutUserAgent(e.UserAgent)
 	}
 	if e.ClientIP == "" {
 		return nil
@@ -142,25 +137,39 @@ func (a Anonymizer) Apply(e *schemas.Event) error {
 	if err != nil {
 		return fmt.Errorf("anonymize IP: %w", err)
 	}
+	e.ClientIP, err = a.anonymizeAddr(ip, e.Time)
+	return err
+}
+
+// cutUserAgent cuts ua to UserAgentMaxBytes on a UTF-8 boundary.
+func (a Anonymizer) cutUserAgent(ua string) string {
+	if a.UserAgentMaxBytes < 0 || len(ua) <= a.UserAgentMaxBytes {
+		return ua
+	}
+	cut := a.UserAgentMaxBytes
+	for cut > 0 && !utf8.RuneStart(ua[cut]) {
+		cut--
+	}
+	return ua[:cut]
+}
+
+// anonymizeAddr is what ip becomes under the IP mode ("" in drop mode)
+// for an event at t.
+func (a Anonymizer) anonymizeAddr(ip netip.Addr, t time.Time) (string, error) {
 	if pseudonymPrefix.Contains(ip) {
-		return nil // already a pseudonym (applied by the collector)
+		return ip.String(), nil // already a pseudonym (applied by the collector)
 	}
 	switch a.IPMode {
 	case IPDrop:
-		e.ClientIP = ""
+		return "", nil
 	case IPHash:
 		if v4, ok := schemas.EmbeddedIPv4(ip); ok {
 			ip = v4 // one client, one pseudonym, whichever form carried its address
 		}
-		e.ClientIP = a.pseudonym(ip, e.Time)
+		return a.pseudonym(ip, t), nil
 	default:
-		s, err := schemas.AnonymizeIP(e.ClientIP, a.IPv4PrefixBits, a.IPv6PrefixBits)
-		if err != nil {
-			return err
-		}
-		e.ClientIP = s
+		return schemas.AnonymizeIP(ip.String(), a.IPv4PrefixBits, a.IPv6PrefixBits)
 	}
-	return nil
 }
 
 // pseudonym is HMAC-SHA256(secret, period || ip) folded into 100::/64.

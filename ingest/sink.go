@@ -444,6 +444,7 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 	}
 	dead = append(dead, more...)
 	if len(dead) > 0 {
+		s.anon.AnonymizeDeadLetters(dead, now) // before anything else touches the value: it is written at rest
 		if err := s.retry(ctx, "dead_letter", func() error { return s.dlq.WriteMessages(ctx, dead...) }); err != nil {
 			return err
 		}

@@ -196,7 +196,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		log.Info("clickhouse ready", "engine", db.Engine(), "database", cfg.ClickHouse.Database)
 	}
 	if has(roleCollector) || has(roleSink) {
-		if err := ensureTopics(ctx, cfg.Kafka, log); err != nil {
+		if err := ensureTopics(ctx, topicsConfig(cfg), log); err != nil {
 			return err
 		}
 	}
