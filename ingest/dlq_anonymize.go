@@ -3,6 +3,8 @@ package ingest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -30,86 +32,183 @@ func (a Anonymizer) AnonymizeDeadLetters(dead []kafka.Message, now time.Time) {
 }
 
 // DeadLetterValue returns a message value as it may be kept in the
-// dead-letter topic. A value that is JSON keeps its content, with what the
-// anonymiser removes from a stored event removed at any depth: a
-// client_ip that reads as an address is anonymised (dropped in drop mode),
-// one that does not is dropped (it cannot be told harmless); user_agent is
-// cut to user_agent_max_bytes; properties and any other member whose name
-// matches deny_properties are dropped; any other string has its IP
-// addresses anonymised. Object members come out in key order. A value that
-// is not JSON (cut short, another format) is kept as it is, except that
-// every run of it that reads as an IP address is anonymised: it may still
-// hold other personal data, which no rule can find in free text.
+// dead-letter topic. A value that is JSON keeps its content and member
+// order, with what the anonymiser removes from a stored event removed at
+// any depth: a client_ip that reads as an address is anonymised (dropped
+// in drop mode), one that does not is dropped (it cannot be told
+// harmless); user_agent is cut to user_agent_max_bytes; properties and any
+// other member whose name matches deny_properties are dropped; any other
+// string has its IP addresses anonymised. A value that is not JSON (cut
+// short, another format) is kept as it is, except that every run of it
+// that reads as an IP address is anonymised: it may still hold other
+// personal data, which no rule can find in free text.
 func (a Anonymizer) DeadLetterValue(v []byte, now time.Time) []byte {
-	dec := json.NewDecoder(bytes.NewReader(v))
-	dec.UseNumber()
-	var doc any
-	if err := dec.Decode(&doc); err != nil || dec.More() || !utf8.Valid(v) {
+	if !utf8.Valid(v) {
 		return a.scrubText(v, now)
 	}
-	if _, err := dec.Token(); err == nil {
+	dec := json.NewDecoder(bytes.NewReader(v))
+	dec.UseNumber()
+	doc, err := decodeOrdered(dec, 0)
+	if err != nil {
+		return a.scrubText(v, now)
+	}
+	if _, err := dec.Token(); err != io.EOF {
 		return a.scrubText(v, now) // trailing data
 	}
 	at := now
-	if m, ok := doc.(map[string]any); ok {
-		if s, ok := m["time"].(string); ok {
-			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-				at = t
+	if obj, ok := doc.(jsonObject); ok {
+		for _, m := range obj {
+			if s, ok := m.val.(string); ok && m.key == "time" {
+				if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+					at = t
+				}
 			}
 		}
 	}
-	doc = a.scrubJSON(doc, at)
 	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(doc); err != nil {
+	buf.Grow(len(v))
+	if err := encodeOrdered(&buf, a.scrubJSON(doc, at)); err != nil {
 		return a.scrubText(v, now)
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	return buf.Bytes()
+}
+
+// jsonObject is a JSON object with its members in order (duplicates kept).
+type jsonObject []jsonMember
+
+type jsonMember struct {
+	key string
+	val any
+}
+
+// maxDeadLetterDepth bounds the nesting decodeOrdered follows; deeper
+// values are treated as text.
+const maxDeadLetterDepth = 1000
+
+var errTooDeep = errors.New("nested too deep")
+
+// decodeOrdered reads one JSON value: jsonObject, []any, string,
+// json.Number, bool or nil.
+func decodeOrdered(dec *json.Decoder, depth int) (any, error) {
+	if depth > maxDeadLetterDepth {
+		return nil, errTooDeep
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch tok {
+	case json.Delim('{'):
+		obj := jsonObject{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			k, _ := kt.(string)
+			v, err := decodeOrdered(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			obj = append(obj, jsonMember{k, v})
+		}
+		_, err := dec.Token() // }
+		return obj, err
+	case json.Delim('['):
+		arr := []any{}
+		for dec.More() {
+			v, err := decodeOrdered(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			arr = append(arr, v)
+		}
+		_, err := dec.Token() // ]
+		return arr, err
+	}
+	return tok, nil
+}
+
+func encodeOrdered(buf *bytes.Buffer, v any) error {
+	switch x := v.(type) {
+	case jsonObject:
+		buf.WriteByte('{')
+		for i, m := range x {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := encodeOrdered(buf, m.key); err != nil {
+				return err
+			}
+			buf.WriteByte(':')
+			if err := encodeOrdered(buf, m.val); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+	case []any:
+		buf.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := encodeOrdered(buf, e); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+	case json.Number:
+		buf.WriteString(string(x))
+	default:
+		enc := json.NewEncoder(buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(x); err != nil {
+			return err
+		}
+		buf.Truncate(buf.Len() - 1) // Encode's newline
+	}
+	return nil
 }
 
 func (a Anonymizer) scrubJSON(v any, at time.Time) any {
 	switch x := v.(type) {
-	case map[string]any:
-		for k, val := range x {
+	case jsonObject:
+		out := x[:0]
+		for _, m := range x {
 			switch {
-			case k == "client_ip":
-				s, ok := val.(string)
+			case m.key == "client_ip":
+				s, ok := m.val.(string)
 				if !ok {
-					delete(x, k)
 					continue
 				}
 				ip, err := netip.ParseAddr(s)
 				if err != nil {
-					delete(x, k)
 					continue
 				}
-				out, err := a.anonymizeAddr(ip, at)
-				if err != nil || out == "" {
-					delete(x, k)
+				anon, err := a.anonymizeAddr(ip, at)
+				if err != nil || anon == "" {
 					continue
 				}
-				x[k] = out
-			case k == "user_agent":
-				s, ok := val.(string)
+				m.val = anon
+			case m.key == "user_agent":
+				s, ok := m.val.(string)
 				if !ok || a.UserAgentMaxBytes < 0 {
-					delete(x, k)
 					continue
 				}
-				x[k] = a.scrubString(a.cutUserAgent(s), at)
-			case !schemas.IsField(k) && a.denied(k):
-				delete(x, k)
-			case k == "properties":
-				if _, ok := val.(map[string]any); !ok {
-					delete(x, k) // not the contract's object: nothing tells what it holds
-					continue
+				m.val = a.scrubString(a.cutUserAgent(s), at)
+			case !schemas.IsField(m.key) && a.denied(m.key):
+				continue
+			case m.key == "properties":
+				if _, ok := m.val.(jsonObject); !ok {
+					continue // not the contract's object: nothing tells what it holds
 				}
-				fallthrough
+				m.val = a.scrubJSON(m.val, at)
 			default:
-				x[k] = a.scrubJSON(val, at)
+				m.val = a.scrubJSON(m.val, at)
 			}
+			out = append(out, m)
 		}
-		return x
+		return out
 	case []any:
 		for i := range x {
 			x[i] = a.scrubJSON(x[i], at)

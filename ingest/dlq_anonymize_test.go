@@ -27,7 +27,8 @@ func assertNoFullIP(t *testing.T, what string, b []byte) {
 	}
 }
 
-// TestDeadLetterValue: a dead letter keeps its content minus what the
+// TestDeadLetterValue: a dead letter keeps its content (member order and
+// number spelling too) minus what the
 // anonymiser takes from a stored event, in every ip_mode; a value that is
 // not JSON keeps its bytes except the IP addresses in it.
 func TestDeadLetterValue(t *testing.T) {
@@ -61,6 +62,8 @@ func TestDeadLetterValue(t *testing.T) {
 			`{"id":"e6","client_ip":"203.0.113.0","route":"/v1/x from [2001:db8:aaaa::]:443`},
 		{"text with port", Anonymizer{}.WithDefaults(), `client=203.0.113.77:443 at 2026-11-23T10:00:00Z id=cafe:beef`, "",
 			`client=203.0.113.0:443 at 2026-11-23T10:00:00Z id=cafe:beef`},
+		{"nested too deep for the walk", Anonymizer{}.WithDefaults(), strings.Repeat("[", 1500) + `"203.0.113.77"` + strings.Repeat("]", 1500), "",
+			strings.Repeat("[", 1500) + `"203.0.113.0"` + strings.Repeat("]", 1500)},
 		{"two documents", Anonymizer{}.WithDefaults(), `{"client_ip":"203.0.113.77"}{"id":"x"}`, "", `{"client_ip":"203.0.113.0"}{"id":"x"}`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -72,18 +75,12 @@ func TestDeadLetterValue(t *testing.T) {
 				}
 				return
 			}
-			var got, want any
-			if err := json.Unmarshal(out, &got); err != nil {
-				t.Fatalf("%s: %v", out, err)
+			if !json.Valid(out) {
+				t.Fatalf("not JSON: %s", out)
 			}
-			if err := json.Unmarshal([]byte(c.want), &want); err != nil {
-				t.Fatal(err)
-			}
-			if fmt.Sprint(got) != fmt.Sprint(want) {
+			// Members keep their order and numbers their spelling (1.50).
+			if string(out) != c.want {
 				t.Fatalf("got  %s\nwant %s", out, c.want)
-			}
-			if strings.Contains(c.in, "1.50") && !strings.Contains(string(out), "1.50") {
-				t.Errorf("number not kept as written: %s", out)
 			}
 			// A replayed dead letter is anonymised again by the sink: no change.
 			if again := c.a.DeadLetterValue(out, at); string(again) != string(out) {
