@@ -26,10 +26,11 @@ const (
 // contract through Kafka, and can never be a real client.
 var pseudonymPrefix = netip.MustParsePrefix("100::/64")
 
-// DefaultDenyProperties are property keys dropped at ingest unless the
-// configuration says otherwise: direct identifiers and card data have no
-// place in usage logs.
-var DefaultDenyProperties = []string{"email", "phone", "name", "password", "card", "card_number", "pan", "cvv", "ssn"}
+// DefaultDenyProperties are the patterns of property keys dropped at ingest
+// unless the configuration says otherwise (see DenyProperty): direct
+// identifiers, credentials and card data have no place in usage logs.
+var DefaultDenyProperties = []string{"*email*", "*token*", "*password*", "*passwd*", "*secret*", "*authorization*",
+	"*cookie*", "*phone*", "*card*", "name", "pan", "cvv", "ssn"}
 
 // Anonymizer turns a validated event into what may be stored. The collector
 // applies it before producing to Kafka, and the sink again before inserting
@@ -52,8 +53,10 @@ type Anonymizer struct {
 	// UserAgentMaxBytes truncates user agents (on a UTF-8 boundary).
 	// Default 512, the contract's maximum; -1 drops the user agent.
 	UserAgentMaxBytes int `yaml:"user_agent_max_bytes"`
-	// DenyProperties are property keys (compared case-insensitively) that
-	// are dropped. Default DefaultDenyProperties; [] keeps every property.
+	// DenyProperties are patterns of property keys that are dropped,
+	// matched case-insensitively against the whole key; * stands for any
+	// run of characters ("*token*" drops "X-Auth-Token"). Default
+	// DefaultDenyProperties; [] keeps every property.
 	DenyProperties []string `yaml:"deny_properties"`
 }
 
@@ -101,6 +104,11 @@ func (a Anonymizer) Validate() error {
 	if a.IPHashRotation < time.Minute {
 		errs = append(errs, fmt.Errorf("privacy.ip_hash_rotation: %s is shorter than 1m", a.IPHashRotation))
 	}
+	for i, p := range a.DenyProperties {
+		if strings.Trim(p, "*") == "" {
+			errs = append(errs, fmt.Errorf("privacy.deny_properties[%d]: %q matches every key (use ip_mode and user_agent_max_bytes, not properties, to drop everything)", i, p))
+		}
+	}
 	if a.UserAgentMaxBytes < -1 || a.UserAgentMaxBytes > 512 {
 		errs = append(errs, fmt.Errorf("privacy.user_agent_max_bytes: %d is out of range -1-512", a.UserAgentMaxBytes))
 	}
@@ -110,25 +118,17 @@ func (a Anonymizer) Validate() error {
 // Apply anonymises e in place.
 func (a Anonymizer) Apply(e *schemas.Event) error {
 	for k := range e.Properties {
-		for _, d := range a.DenyProperties {
-			if strings.EqualFold(k, d) {
-				delete(e.Properties, k)
-				break
-			}
+		if a.denied(k) {
+			delete(e.Properties, k)
 		}
 	}
 	if len(e.Properties) == 0 {
 		e.Properties = nil
 	}
-	switch {
-	case a.UserAgentMaxBytes < 0:
+	if a.UserAgentMaxBytes < 0 {
 		e.UserAgent = ""
-	case len(e.UserAgent) > a.UserAgentMaxBytes:
-		cut := a.UserAgentMaxBytes
-		for cut > 0 && !utf8.RuneStart(e.UserAgent[cut]) {
-			cut--
-		}
-		e.UserAgent = e.UserAgent[:cut]
+	} else {
+		e.UserAgent = a.cutUserAgent(e.UserAgent)
 	}
 	if e.ClientIP == "" {
 		return nil
@@ -137,22 +137,39 @@ func (a Anonymizer) Apply(e *schemas.Event) error {
 	if err != nil {
 		return fmt.Errorf("anonymize IP: %w", err)
 	}
+	e.ClientIP, err = a.anonymizeAddr(ip, e.Time)
+	return err
+}
+
+// cutUserAgent cuts ua to UserAgentMaxBytes on a UTF-8 boundary.
+func (a Anonymizer) cutUserAgent(ua string) string {
+	if a.UserAgentMaxBytes < 0 || len(ua) <= a.UserAgentMaxBytes {
+		return ua
+	}
+	cut := a.UserAgentMaxBytes
+	for cut > 0 && !utf8.RuneStart(ua[cut]) {
+		cut--
+	}
+	return ua[:cut]
+}
+
+// anonymizeAddr is what ip becomes under the IP mode ("" in drop mode)
+// for an event at t.
+func (a Anonymizer) anonymizeAddr(ip netip.Addr, t time.Time) (string, error) {
 	if pseudonymPrefix.Contains(ip) {
-		return nil // already a pseudonym (applied by the collector)
+		return ip.String(), nil // already a pseudonym (applied by the collector)
 	}
 	switch a.IPMode {
 	case IPDrop:
-		e.ClientIP = ""
+		return "", nil
 	case IPHash:
-		e.ClientIP = a.pseudonym(ip.Unmap(), e.Time)
-	default:
-		s, err := schemas.AnonymizeIP(e.ClientIP, a.IPv4PrefixBits, a.IPv6PrefixBits)
-		if err != nil {
-			return err
+		if v4, ok := schemas.EmbeddedIPv4(ip); ok {
+			ip = v4 // one client, one pseudonym, whichever form carried its address
 		}
-		e.ClientIP = s
+		return a.pseudonym(ip, t), nil
+	default:
+		return schemas.AnonymizeIP(ip.String(), a.IPv4PrefixBits, a.IPv6PrefixBits)
 	}
-	return nil
 }
 
 // pseudonym is HMAC-SHA256(secret, period || ip) folded into 100::/64.

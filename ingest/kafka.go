@@ -46,6 +46,12 @@ type KafkaConfig struct {
 	TLS tlsutil.Client `yaml:"tls"`
 	// SASL authentication.
 	SASL SASLConfig `yaml:"sasl"`
+	// DeadLetterRetention, when set, is the retention.ms the dead-letter
+	// topic gets at creation and is brought to at every start (when
+	// CreateTopics is on): serve sets DeadLetterRetention(retention.raw_months),
+	// so dead letters are not kept longer than raw events. Zero leaves the
+	// topic's retention alone.
+	DeadLetterRetention time.Duration `yaml:"-"`
 }
 
 // SASLConfig selects SASL authentication to the brokers.
@@ -225,6 +231,7 @@ func EnsureTopics(ctx context.Context, c KafkaConfig) error {
 				},
 			})
 		}
+		c.withDeadLetterRetention(req)
 		res, err := client.CreateTopics(ctx, req)
 		if err != nil {
 			return fmt.Errorf("creating Kafka topics at %v: %w", c.Brokers, err)
@@ -233,6 +240,9 @@ func EnsureTopics(ctx context.Context, c KafkaConfig) error {
 			if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
 				return fmt.Errorf("creating Kafka topic %q: %w", topic, terr)
 			}
+		}
+		if err := c.alignDeadLetterRetention(ctx, client); err != nil {
+			return err
 		}
 	}
 	// A new topic's partitions get leaders a moment after creation; writes

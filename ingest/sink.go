@@ -451,13 +451,20 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 			dead = append(dead, deadLetter(m, "invalid", err, now))
 			continue
 		}
+		// An erased customer's event (by the customer it names, its key, or
+		// the owner it resolves to) is dropped before the ownership check
+		// could dead-letter it: a redelivered or late event must not bring
+		// the customer back, not even into the dead-letter topic. Its
+		// offset is committed with the batch.
+		if s.erasedEvent(&ev) {
+			s.m.erasedDropped.Inc()
+			continue
+		}
 		if err := s.resolveCustomer(&ev); err != nil {
 			dead = append(dead, deadLetter(m, DeadLetterOwnership, err, now))
 			continue
 		}
-		if ev.CustomerID != "" && s.erased != nil && s.erased.Erased(ev.CustomerID) {
-			// The customer's data was erased: a redelivered or late event
-			// must not bring it back. Its offset is committed with the batch.
+		if s.erasedEvent(&ev) {
 			s.m.erasedDropped.Inc()
 			continue
 		}
@@ -480,6 +487,7 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 	}
 	dead = append(dead, more...)
 	if len(dead) > 0 {
+		s.anon.AnonymizeDeadLetters(dead, now) // before anything else touches the value: it is written at rest
 		if err := s.writeDeadLetters(ctx, dead); err != nil {
 			return err
 		}

@@ -11,14 +11,19 @@ import (
 	"github.com/meterline/meterline/store"
 )
 
-// Blocklist is the set of erased customers, reloaded from privacy_erasures:
-// the sink asks it about every event (ingest.ErasedCustomers).
+// Blocklist is the set of erased customers and of their API keys, reloaded
+// from privacy_erasures: the sink asks it about every event
+// (ingest.ErasedCustomers, ingest.ErasedKeys). The keys are those recorded
+// with each erasure, so an event of an erased customer's key is dropped
+// even without a customer_id and after the key left the catalogue.
 type Blocklist struct {
 	db      store.Conn
 	refresh time.Duration
 	log     *slog.Logger
 	set     atomic.Pointer[map[string]struct{}]
+	keys    atomic.Pointer[map[string]struct{}]
 	size    prometheus.GaugeFunc
+	nkeys   prometheus.GaugeFunc
 }
 
 // NewBlocklist returns an empty Blocklist; call Load before the sink starts
@@ -30,12 +35,18 @@ func NewBlocklist(cfg Config, db store.Conn, reg prometheus.Registerer, log *slo
 	b := &Blocklist{db: db, refresh: cfg.WithDefaults().ErasedRefresh, log: log}
 	empty := map[string]struct{}{}
 	b.set.Store(&empty)
+	noKeys := map[string]struct{}{}
+	b.keys.Store(&noKeys)
+	b.nkeys = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meterline_privacy_erased_keys",
+		Help: "API keys of erased customers whose events the sink drops, with or without a customer_id.",
+	}, func() float64 { return float64(len(*b.keys.Load())) })
 	b.size = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "meterline_privacy_erased_customers",
 		Help: "Customers whose events the sink drops because their data was erased.",
 	}, func() float64 { return float64(len(*b.set.Load())) })
 	if reg != nil {
-		reg.MustRegister(b.size)
+		reg.MustRegister(b.size, b.nkeys)
 	}
 	return b
 }
@@ -46,12 +57,23 @@ func (b *Blocklist) Erased(customerID string) bool {
 	return ok
 }
 
-// Load reads the erased customers once.
+// KeyErased reports whether the API key belonged to an erased customer.
+func (b *Blocklist) KeyErased(apiKeyID string) bool {
+	_, ok := (*b.keys.Load())[apiKeyID]
+	return ok
+}
+
+// Load reads the erased customers and their keys once.
 func (b *Blocklist) Load(ctx context.Context) error {
 	set, err := ErasedCustomers(ctx, b.db)
 	if err != nil {
 		return err
 	}
+	keys, err := ErasedKeys(ctx, b.db)
+	if err != nil {
+		return err
+	}
+	b.keys.Store(&keys)
 	b.set.Store(&set)
 	return nil
 }

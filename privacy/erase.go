@@ -49,8 +49,13 @@ var ErrNotCancellable = errors.New("only a scheduled erasure can be cancelled")
 
 // Erasure is the state of one erasure request.
 type Erasure struct {
-	ID            string            `json:"id"`
-	CustomerID    string            `json:"customer_id"`
+	ID         string `json:"id"`
+	CustomerID string `json:"customer_id"`
+	// APIKeyIDs are the customer's API keys, recorded when the erasure
+	// runs: those of its catalogue entry and every key its stored rows
+	// carried. Rows stored without a customer under these keys are erased
+	// too, and sinks drop the keys' events from then on.
+	APIKeyIDs     []string          `json:"api_key_ids,omitempty"`
 	Kind          string            `json:"kind"`
 	RequestedBy   string            `json:"requested_by"`
 	Reason        string            `json:"reason,omitempty"`
@@ -105,6 +110,8 @@ type Service struct {
 
 	run  sync.Mutex // one erasure at a time
 	wake chan struct{}
+
+	catalogueKeys func(customerID string) []string // nil: no catalogue
 
 	erasures *prometheus.CounterVec
 	deleted  *prometheus.CounterVec
@@ -165,7 +172,7 @@ func (s *Service) save(ctx context.Context, e *Erasure) error {
 	}
 	e.UpdatedAt = now
 	err := s.db.Exec(ctx, saveErasureSQL,
-		store.P("id", e.ID), store.P("customer_id", e.CustomerID), store.P("kind", e.Kind),
+		store.P("id", e.ID), store.P("customer_id", e.CustomerID), store.P("api_key_ids", nonNil(e.APIKeyIDs)), store.P("kind", e.Kind),
 		store.P("requested_by", e.RequestedBy), store.P("reason", e.Reason),
 		store.P("requested_at", e.RequestedAt), store.P("not_before", e.NotBefore), store.P("status", e.Status),
 		store.P("started_at", orEpoch(e.StartedAt)), store.P("finished_at", orEpoch(e.FinishedAt)),
@@ -220,7 +227,7 @@ func scanErasure(rows store.Rows) (Erasure, error) {
 	var e Erasure
 	var started, finished time.Time
 	var removed, pseudo string
-	if err := rows.Scan(&e.ID, &e.CustomerID, &e.Kind, &e.RequestedBy, &e.Reason, &e.RequestedAt, &e.NotBefore,
+	if err := rows.Scan(&e.ID, &e.CustomerID, &e.APIKeyIDs, &e.Kind, &e.RequestedBy, &e.Reason, &e.RequestedAt, &e.NotBefore,
 		&e.Status, &started, &finished, &removed, &pseudo, &e.Pseudonym, &e.Error, &e.UpdatedAt); err != nil {
 		return e, err
 	}
@@ -381,6 +388,12 @@ func (s *Service) Execute(ctx context.Context, id string) (Erasure, error) {
 	if e.StartedAt == nil {
 		e.StartedAt = &start
 	}
+	// The keys are recorded with the running state, before anything is
+	// deleted: the rows that tell which keys were the customer's are gone
+	// afterwards, and the sinks block the keys from this save on.
+	if err := s.collectKeys(ctx, &e); err != nil {
+		return e, err
+	}
 	e.Status, e.Error = StatusRunning, ""
 	if err := s.save(ctx, &e); err != nil {
 		return e, err
@@ -430,6 +443,14 @@ func (s *Service) erase(ctx context.Context, e *Erasure, start time.Time) error 
 		if err != nil {
 			return err
 		}
+		// Rows written since the last pass may carry a key not seen yet.
+		if added, err := s.tableKeys(ctx, tables, e); err != nil {
+			return err
+		} else if added {
+			if err := s.save(ctx, e); err != nil {
+				return err
+			}
+		}
 		found := uint64(0)
 		for _, t := range tables {
 			if t.Class == Keep {
@@ -463,18 +484,18 @@ func (s *Service) erase(ctx context.Context, e *Erasure, start time.Time) error 
 // eraseTable deletes or pseudonymises the customer's rows of t and returns
 // how many it found.
 func (s *Service) eraseTable(ctx context.Context, t Table, e *Erasure) (uint64, error) {
-	c := store.P("customer_id", e.CustomerID)
-	n, err := countPhysical(ctx, s.db, t, e.CustomerID)
+	where, params := customerFilter(t, e.CustomerID, e.APIKeyIDs)
+	n, err := countQuery(ctx, s.db, t, "SELECT count() FROM "+t.ident+" WHERE "+where, params...)
 	if err != nil || n == 0 {
 		return 0, err
 	}
 	action := "deleted"
 	if t.Class == Pseudonymise {
 		action = "pseudonymised"
-		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" UPDATE customer_id = {pseudonym:String} WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2",
-			c, store.P("pseudonym", e.Pseudonym))
+		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" UPDATE customer_id = {pseudonym:String} WHERE "+where+" SETTINGS mutations_sync = 2",
+			append(params, store.P("pseudonym", e.Pseudonym))...)
 	} else {
-		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" DELETE WHERE customer_id = {customer_id:String} SETTINGS mutations_sync = 2", c)
+		err = s.db.Exec(ctx, "ALTER TABLE "+t.ident+" DELETE WHERE "+where+" SETTINGS mutations_sync = 2", params...)
 	}
 	if err != nil {
 		return n, fmt.Errorf("%s: %w", t.Name, err)
@@ -536,6 +557,98 @@ func ErasedCustomers(ctx context.Context, db store.Conn) (map[string]struct{}, e
 			return nil, err
 		}
 		out[c] = struct{}{}
+	}
+	return out, rows.Err()
+}
+
+// CatalogueKeys gives the service the catalogue's keys of a customer: an
+// erasure records them (with the keys the customer's rows carry) before it
+// deletes anything. Call before Run or Execute.
+func (s *Service) CatalogueKeys(keys func(customerID string) []string) { s.catalogueKeys = keys }
+
+// collectKeys adds to e the customer's keys from the catalogue and from
+// its stored rows.
+func (s *Service) collectKeys(ctx context.Context, e *Erasure) error {
+	if s.catalogueKeys != nil {
+		e.APIKeyIDs = addKeys(e.APIKeyIDs, s.catalogueKeys(e.CustomerID))
+	}
+	tables, err := Tables(ctx, s.db)
+	if err != nil {
+		return err
+	}
+	_, err = s.tableKeys(ctx, tables, e)
+	return err
+}
+
+// tableKeys adds to e every key the customer's rows carry in tables, and
+// reports whether one was new.
+func (s *Service) tableKeys(ctx context.Context, tables []Table, e *Erasure) (bool, error) {
+	before := len(e.APIKeyIDs)
+	for _, t := range tables {
+		if !t.HasAPIKey || t.Class == Keep {
+			continue
+		}
+		rows, err := s.db.Query(ctx, keysOfCustomerSQL(t), store.P("customer_id", e.CustomerID))
+		if err != nil {
+			return false, fmt.Errorf("privacy: keys of %s in %s: %w", e.CustomerID, t.Name, err)
+		}
+		var found []string
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				rows.Close()
+				return false, err
+			}
+			found = append(found, k)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return false, err
+		}
+		e.APIKeyIDs = addKeys(e.APIKeyIDs, found)
+	}
+	return len(e.APIKeyIDs) > before, nil
+}
+
+// addKeys returns have with the keys of add it lacks, sorted.
+func addKeys(have, add []string) []string {
+	seen := make(map[string]bool, len(have))
+	for _, k := range have {
+		seen[k] = true
+	}
+	for _, k := range add {
+		if k != "" && !seen[k] {
+			seen[k] = true
+			have = append(have, k)
+		}
+	}
+	sort.Strings(have)
+	return have
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// ErasedKeys returns the API keys of the customers ErasedCustomers lists:
+// the sink drops their events, with or without a customer_id.
+func ErasedKeys(ctx context.Context, db store.Conn) (map[string]struct{}, error) {
+	rows, err := db.Query(ctx, erasedKeysSQL)
+	if err != nil {
+		return nil, fmt.Errorf("privacy: reading erased keys: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]struct{}{}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		out[k] = struct{}{}
 	}
 	return out, rows.Err()
 }

@@ -424,6 +424,13 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 
 func runSink(t *testing.T, k ingest.KafkaConfig, db store.Conn, bl *Blocklist, reg *prometheus.Registry) func() error {
 	t.Helper()
+	return runSinkResolving(t, k, db, bl, reg, nil)
+}
+
+// runSinkResolving is runSink with the sink resolving missing customer ids
+// from r (nil: none).
+func runSinkResolving(t *testing.T, k ingest.KafkaConfig, db store.Conn, bl *Blocklist, reg *prometheus.Registry, r ingest.CustomerResolver) func() error {
+	t.Helper()
 	if err := bl.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -433,6 +440,9 @@ func runSink(t *testing.T, k ingest.KafkaConfig, db store.Conn, bl *Blocklist, r
 		t.Fatal(err)
 	}
 	s.DropErased(bl)
+	if r != nil {
+		s.ResolveCustomers(r)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()

@@ -1,5 +1,7 @@
 package privacy
 
+import "github.com/meterline/meterline/store"
+
 // The statements of package privacy. Statements over the customer tables
 // are built at run time from the table list (tables.go, export.go, the
 // erasure passes in erase.go); these are the fixed ones.
@@ -17,9 +19,9 @@ ORDER BY c.table, c.position`
 // saveErasureSQL appends a version of an erasure request (the counts come
 // as JSON objects).
 const saveErasureSQL = `INSERT INTO privacy_erasures
-(id, customer_id, kind, requested_by, reason, requested_at, not_before, status, started_at, finished_at,
+(id, customer_id, api_key_ids, kind, requested_by, reason, requested_at, not_before, status, started_at, finished_at,
  removed, pseudonymised, pseudonym, error, updated_at)
-SELECT {id:String}, {customer_id:String}, {kind:String}, {requested_by:String}, {reason:String},
+SELECT {id:String}, {customer_id:String}, {api_key_ids:Array(String)}, {kind:String}, {requested_by:String}, {reason:String},
  {requested_at:DateTime64(3, 'UTC')}, {not_before:DateTime64(3, 'UTC')}, {status:String},
  {started_at:DateTime64(3, 'UTC')}, {finished_at:DateTime64(3, 'UTC')},
  JSONExtract({removed:String}, 'Map(String, UInt64)'), JSONExtract({pseudonymised:String}, 'Map(String, UInt64)'),
@@ -32,7 +34,7 @@ SELECT {at:DateTime64(3, 'UTC')}, {actor:String}, {action:String}, {customer_id:
 
 // selectErasuresSQL reads the latest version of erasure requests; a filter
 // follows WHERE.
-const selectErasuresSQL = `SELECT id, customer_id, kind, requested_by, reason, requested_at, not_before, status, started_at,
+const selectErasuresSQL = `SELECT id, customer_id, api_key_ids, kind, requested_by, reason, requested_at, not_before, status, started_at,
  finished_at, toJSONString(removed), toJSONString(pseudonymised), pseudonym, error, updated_at
 FROM privacy_erasures FINAL
 WHERE `
@@ -40,3 +42,27 @@ WHERE `
 // erasedCustomersSQL lists the customers whose events the sink drops.
 const erasedCustomersSQL = `SELECT DISTINCT customer_id FROM privacy_erasures FINAL
 WHERE status IN ('running', 'done', 'failed')`
+
+// erasedKeysSQL lists the API keys of those customers: the sink drops their
+// events too, with or without a customer_id.
+const erasedKeysSQL = `SELECT DISTINCT arrayJoin(api_key_ids) AS k FROM privacy_erasures FINAL
+WHERE status IN ('running', 'done', 'failed') AND k != ''`
+
+// customerFilter is the WHERE condition that selects a customer's rows of
+// t, and its parameters: the customer's customer_id and, in a table of class
+// Delete with an api_key_id column, the rows stored without a customer
+// under one of its keys (events of a key the catalogue did not know, and
+// their rollups).
+func customerFilter(t Table, customerID string, keys []string) (string, []store.Param) {
+	c := store.P("customer_id", customerID)
+	if t.Class == Delete && t.HasAPIKey && len(keys) > 0 {
+		return "(customer_id = {customer_id:String} OR (customer_id = '' AND api_key_id IN {api_key_ids:Array(String)}))",
+			[]store.Param{c, store.P("api_key_ids", keys)}
+	}
+	return "customer_id = {customer_id:String}", []store.Param{c}
+}
+
+// keysOfCustomerSQL lists the API keys a customer's rows of t carry.
+func keysOfCustomerSQL(t Table) string {
+	return "SELECT DISTINCT api_key_id FROM " + t.ident + " WHERE customer_id = {customer_id:String} AND api_key_id != ''"
+}

@@ -17,9 +17,10 @@ const (
 
 // AnonymizeIP keeps the first v4PrefixBits bits of an IPv4 address (or the
 // first v6PrefixBits of an IPv6 one), zeroes the rest and returns the
-// canonical text form. An IPv4-mapped IPv6 address (::ffff:1.2.3.4) is
-// treated, and returned, as the IPv4 address it maps: anonymising it with the
-// IPv6 prefix would keep all of it.
+// canonical text form. An IPv6 address that embeds an IPv4 one (IPv4-mapped
+// ::ffff:1.2.3.4, 6to4, Teredo, NAT64 and the others of EmbeddedIPv4) is
+// treated, and returned, as that IPv4 address: anonymising it with the IPv6
+// prefix would keep all or most of it.
 func AnonymizeIP(ip string, v4PrefixBits, v6PrefixBits int) (string, error) {
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
@@ -28,7 +29,9 @@ func AnonymizeIP(ip string, v4PrefixBits, v6PrefixBits int) (string, error) {
 	if a.Zone() != "" {
 		return "", errors.New("anonymize IP: address has a zone")
 	}
-	a = a.Unmap()
+	if v4, ok := EmbeddedIPv4(a); ok {
+		a = v4
+	}
 	bits := v6PrefixBits
 	if a.Is4() {
 		bits = v4PrefixBits

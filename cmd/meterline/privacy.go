@@ -170,7 +170,28 @@ func openPrivacy(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Confi
 		db.Close()
 		return nil, nil, nil, err
 	}
-	return cfg, db, privacy.NewService(cfg.Privacy.Config, db, nil, log), nil
+	svc := privacy.NewService(cfg.Privacy.Config, db, nil, log)
+	if cfg.Limits.CatalogueFile != "" {
+		cat, err := limits.LoadRegistry(cfg.Limits.CatalogueFile)
+		if err != nil {
+			db.Close()
+			return nil, nil, nil, fmt.Errorf("limits.catalogue_file: %w", err)
+		}
+		svc.CatalogueKeys(catalogueKeys(limits.NewRegistry(cat)))
+	}
+	return cfg, db, svc, nil
+}
+
+// catalogueKeys returns the keys the catalogue lists for a customer: an
+// erasure records them and erases what was stored under them without a
+// customer_id.
+func catalogueKeys(registry *limits.Registry) func(string) []string {
+	return func(customerID string) []string {
+		if c, ok := registry.Customer(customerID); ok {
+			return c.Keys
+		}
+		return nil
+	}
 }
 
 func runPrivacyExport(args []string, stdout, stderr io.Writer) error {

@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		log.Info("clickhouse ready", "engine", db.Engine(), "database", cfg.ClickHouse.Database)
 	}
 	if has(roleCollector) || has(roleSink) {
-		if err := ensureTopics(ctx, cfg.Kafka, log); err != nil {
+		if err := ensureTopics(ctx, topicsConfig(cfg), log); err != nil {
 			return err
 		}
 	}
@@ -293,6 +293,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
+		erasures.CatalogueKeys(catalogueKeys(registry))
 		goRun("erasures", erasures.Run)
 		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay, ReadLimiter: readLimiter,
 			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
