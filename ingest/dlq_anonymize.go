@@ -26,9 +26,31 @@ func (a Anonymizer) AnonymizeDeadLetters(dead []kafka.Message, now time.Time) {
 	for i := range dead {
 		dead[i].Value = a.DeadLetterValue(dead[i].Value, now)
 		for j := range dead[i].Headers {
+			if sinkHeaders[dead[i].Headers[j].Key] {
+				continue // written by the sink: positions, classes, times
+			}
 			dead[i].Headers[j].Value = a.scrubText(dead[i].Headers[j].Value, now)
 		}
 	}
+}
+
+// sinkHeaders are the headers the sink itself sets on a dead letter; they
+// hold no personal data (the error text, HeaderError, may quote a value,
+// so it is scrubbed like the producer's headers) and dlq list, show and
+// replay read them, so they are kept byte for byte.
+var sinkHeaders = map[string]bool{
+	HeaderSource: true, HeaderDeadAt: true, HeaderErrorReason: true,
+	HeaderTruncated: true, HeaderOriginalSize: true, HeaderReplayedFrom: true,
+}
+
+// identityMembers are the top-level members that identify an event and
+// that the raw table stores as they are: a dead letter keeps them byte for
+// byte, so a replay after a fix is the same event (the same id counts
+// once) and bills the same key. CloudEvents carry the id and key as id and
+// subject.
+var identityMembers = map[string]bool{
+	"id": true, "time": true, "api_key_id": true, "customer_id": true,
+	"subject": true, "specversion": true, "type": true, "source": true,
 }
 
 // DeadLetterValue returns a message value as it may be kept in the
@@ -67,7 +89,7 @@ func (a Anonymizer) DeadLetterValue(v []byte, now time.Time) []byte {
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(v))
-	if err := encodeOrdered(&buf, a.scrubJSON(doc, at)); err != nil {
+	if err := encodeOrdered(&buf, a.scrubTop(doc, at)); err != nil {
 		return a.scrubText(v, now)
 	}
 	return buf.Bytes()
@@ -170,6 +192,24 @@ func encodeOrdered(buf *bytes.Buffer, v any) error {
 	return nil
 }
 
+// scrubTop is scrubJSON for the whole message, keeping the identity
+// members of a top-level object as they are.
+func (a Anonymizer) scrubTop(v any, at time.Time) any {
+	obj, ok := v.(jsonObject)
+	if !ok {
+		return a.scrubJSON(v, at)
+	}
+	out := jsonObject{}
+	for _, m := range obj {
+		if identityMembers[m.key] {
+			out = append(out, m)
+			continue
+		}
+		out = append(out, a.scrubJSON(jsonObject{m}, at).(jsonObject)...)
+	}
+	return out
+}
+
 func (a Anonymizer) scrubJSON(v any, at time.Time) any {
 	switch x := v.(type) {
 	case jsonObject:
@@ -235,7 +275,9 @@ func (a Anonymizer) scrubString(s string, at time.Time) string {
 // scrubText anonymises every run of b that reads as an IP address.
 func (a Anonymizer) scrubText(b []byte, at time.Time) []byte {
 	return addrRun.ReplaceAllFunc(b, func(run []byte) []byte {
-		if ip, err := netip.ParseAddr(string(run)); err == nil && strings.ContainsAny(string(run), ".:") {
+		// An IPv6 address in free text has at least three colons or a
+		// dotted IPv4 part; shorter runs are words ("DB::Exception").
+		if ip, err := netip.ParseAddr(string(run)); err == nil && (strings.Contains(string(run), ".") || strings.Count(string(run), ":") >= 3) {
 			out, err := a.anonymizeAddr(ip, at)
 			if err != nil {
 				return nil
