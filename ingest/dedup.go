@@ -3,7 +3,10 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/meterline/meterline/store"
 )
@@ -56,17 +59,26 @@ const claimedSQL = `SELECT api_key_id, id, time
 FROM event_ids
 WHERE api_key_id IN {keys:Array(String)} AND id IN {ids:Array(String)}`
 
+// withdrawSQL removes claims made by a batch for rows that were then
+// dead-lettered as unstorable: the event was not stored, so a later copy
+// of its id (the producer's fixed retry, with another time) must count.
+// Mutations are heavy, but this runs only for rows the engine refused.
+const withdrawSQL = `ALTER TABLE event_ids DELETE
+WHERE api_key_id = {key:String} AND id = {id:String} AND time = {time:DateTime64(3, 'UTC')}
+SETTINGS mutations_sync = 2`
+
 // claimStored returns the rows of a batch (already free of in-batch
 // repeats) that are not a later copy of a stored event, after claiming the
 // ids of those that are new. It retries until it succeeds or ctx ends.
-func (s *Sink) claimStored(ctx context.Context, rows []pending, token string, now time.Time) ([]pending, error) {
+func (s *Sink) claimStored(ctx context.Context, rows []pending, token string, now time.Time) ([]pending, map[dedupKey]bool, error) {
 	if len(rows) == 0 {
-		return rows, nil
+		return rows, nil, nil
 	}
 	claims, err := s.lookupClaims(ctx, rows)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	made := map[dedupKey]bool{} // claims this batch makes
 	kept := rows[:0:0]
 	var fresh [][]any
 	for _, p := range rows {
@@ -76,6 +88,7 @@ func (s *Sink) claimStored(ctx context.Context, rows []pending, token string, no
 		switch {
 		case !claimed:
 			fresh = append(fresh, []any{k.apiKeyID, k.id, t, p.row[customerColumn], now})
+			made[k] = true
 			kept = append(kept, p)
 		case containsTime(times, t):
 			kept = append(kept, p)
@@ -88,10 +101,42 @@ func (s *Sink) claimStored(ctx context.Context, rows []pending, token string, no
 			return s.db.Insert(ctx, IDsTable, idColumns, fresh, store.InsertOptions{DedupToken: token + "/ids"})
 		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return kept, nil
+	return kept, made, nil
+}
+
+// withdrawClaims removes the claims this batch made (fresh) for the rows
+// whose messages were dead-lettered as unstorable. A crash before the
+// batch is committed re-reads it: the row is claimed, refused and
+// withdrawn again.
+func (s *Sink) withdrawClaims(ctx context.Context, rows []pending, fresh map[dedupKey]bool, dead []kafka.Message) error {
+	if len(dead) == 0 || len(fresh) == 0 {
+		return nil
+	}
+	refused := make(map[string]bool, len(dead))
+	for _, d := range dead {
+		refused[headerValue(d, HeaderSource)] = true
+	}
+	for _, p := range rows {
+		m := p.msg
+		if !refused[m.Topic+"/"+strconv.Itoa(m.Partition)+"/"+strconv.FormatInt(m.Offset, 10)] {
+			continue
+		}
+		k := dedupKey{p.row[apiKeyColumn].(string), p.row[idColumn].(string)}
+		if !fresh[k] {
+			continue
+		}
+		t := p.row[timeColumn].(time.Time)
+		err := s.retryStalling(ctx, "claim_withdraw", func() error {
+			return s.db.Exec(ctx, withdrawSQL, store.P("key", k.apiKeyID), store.P("id", k.id), store.P("time", t))
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // lookupClaims reads the claimed times of the rows' (api_key_id, id) pairs.

@@ -477,12 +477,15 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 		rows = append(rows, pending{row: eventRow(&ev, m, now), msg: m})
 	}
 	token := batchToken(batch)
-	rows, err := s.claimStored(ctx, rows, token, now)
+	rows, fresh, err := s.claimStored(ctx, rows, token, now)
 	if err != nil {
 		return err
 	}
 	more, err := s.insert(ctx, rows, token, now)
 	if err != nil {
+		return err
+	}
+	if err := s.withdrawClaims(ctx, rows, fresh, more); err != nil {
 		return err
 	}
 	dead = append(dead, more...)
