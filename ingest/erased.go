@@ -10,14 +10,18 @@ type ErasedKeys interface {
 	KeyErased(apiKeyID string) bool
 }
 
-// erasedEvent tells whether ev belongs to an erased customer, by its
-// customer_id or by its API key.
+// erasedEvent tells whether ev belongs to an erased customer: by the
+// customer it carries (named by the event before resolution, the key's
+// owner after), or, for an event that belongs to no customer (its key
+// resolves to none: the catalogue entry went with the customer), by its
+// API key. A key recorded with an erasure that the catalogue now gives to
+// another customer bills that customer: its events are theirs.
 func (s *Sink) erasedEvent(ev *schemas.Event) bool {
 	if s.erased == nil {
 		return false
 	}
-	if ev.CustomerID != "" && s.erased.Erased(ev.CustomerID) {
-		return true
+	if ev.CustomerID != "" {
+		return s.erased.Erased(ev.CustomerID)
 	}
 	k, ok := s.erased.(ErasedKeys)
 	return ok && k.KeyErased(ev.APIKeyID)

@@ -451,12 +451,13 @@ func (s *Sink) flush(ctx context.Context, batch []kafka.Message) error {
 			dead = append(dead, deadLetter(m, "invalid", err, now))
 			continue
 		}
-		// An erased customer's event (by the customer it names, its key, or
-		// the owner it resolves to) is dropped before the ownership check
-		// could dead-letter it: a redelivered or late event must not bring
-		// the customer back, not even into the dead-letter topic. Its
-		// offset is committed with the batch.
-		if s.erasedEvent(&ev) {
+		// An erased customer's event (by the customer it names, then by
+		// the owner it resolves to, or by its key when it has none) is
+		// dropped, the first before the ownership check could dead-letter
+		// it: a redelivered or late event must not bring the customer back,
+		// not even into the dead-letter topic. Its offset is committed with
+		// the batch.
+		if ev.CustomerID != "" && s.erasedEvent(&ev) {
 			s.m.erasedDropped.Inc()
 			continue
 		}

@@ -112,6 +112,7 @@ type Service struct {
 	wake chan struct{}
 
 	catalogueKeys func(customerID string) []string // nil: no catalogue
+	keyOwners     func(apiKeyID string) []string   // nil: no catalogue
 
 	erasures *prometheus.CounterVec
 	deleted  *prometheus.CounterVec
@@ -566,11 +567,39 @@ func ErasedCustomers(ctx context.Context, db store.Conn) (map[string]struct{}, e
 // deletes anything. Call before Run or Execute.
 func (s *Service) CatalogueKeys(keys func(customerID string) []string) { s.catalogueKeys = keys }
 
+// KeyOwners gives the service the customers the catalogue gives a key to,
+// at any time (key periods included). A key that another customer holds
+// or held is not recorded with an erasure: recording it would drop that
+// customer's unassigned rows and events of the key. The erased customer's
+// own rows of such a key are still erased by its customer_id. Call before
+// Run or Execute.
+func (s *Service) KeyOwners(owners func(apiKeyID string) []string) { s.keyOwners = owners }
+
+// exclusiveKeys returns the keys no other customer holds in the catalogue.
+func (s *Service) exclusiveKeys(customerID string, keys []string) []string {
+	if s.keyOwners == nil {
+		return keys
+	}
+	out := keys[:0:0]
+	for _, k := range keys {
+		shared := false
+		for _, c := range s.keyOwners(k) {
+			if c != customerID {
+				shared = true
+			}
+		}
+		if !shared {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // collectKeys adds to e the customer's keys from the catalogue and from
 // its stored rows.
 func (s *Service) collectKeys(ctx context.Context, e *Erasure) error {
 	if s.catalogueKeys != nil {
-		e.APIKeyIDs = addKeys(e.APIKeyIDs, s.catalogueKeys(e.CustomerID))
+		e.APIKeyIDs = addKeys(e.APIKeyIDs, s.exclusiveKeys(e.CustomerID, s.catalogueKeys(e.CustomerID)))
 	}
 	tables, err := Tables(ctx, s.db)
 	if err != nil {
@@ -606,7 +635,7 @@ func (s *Service) tableKeys(ctx context.Context, tables []Table, e *Erasure) (bo
 		if err != nil {
 			return false, err
 		}
-		e.APIKeyIDs = addKeys(e.APIKeyIDs, found)
+		e.APIKeyIDs = addKeys(e.APIKeyIDs, s.exclusiveKeys(e.CustomerID, found))
 	}
 	return len(e.APIKeyIDs) > before, nil
 }

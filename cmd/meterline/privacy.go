@@ -177,7 +177,9 @@ func openPrivacy(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Confi
 			db.Close()
 			return nil, nil, nil, fmt.Errorf("limits.catalogue_file: %w", err)
 		}
-		svc.CatalogueKeys(catalogueKeys(limits.NewRegistry(cat)))
+		reg := limits.NewRegistry(cat)
+		svc.CatalogueKeys(catalogueKeys(reg))
+		svc.KeyOwners(keyOwners(reg))
 	}
 	return cfg, db, svc, nil
 }
@@ -185,12 +187,28 @@ func openPrivacy(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Confi
 // catalogueKeys returns the keys the catalogue lists for a customer: an
 // erasure records them and erases what was stored under them without a
 // customer_id.
+// catalogueKeys gives an erasure the customer's keys in the catalogue
+// (plain keys and key periods).
 func catalogueKeys(registry *limits.Registry) func(string) []string {
 	return func(customerID string) []string {
 		if c, ok := registry.Customer(customerID); ok {
-			return c.Keys
+			return c.AllKeys()
 		}
 		return nil
+	}
+}
+
+// keyOwners gives an erasure the customers that hold or held a key in the
+// catalogue.
+func keyOwners(registry *limits.Registry) func(string) []string {
+	return func(apiKeyID string) []string {
+		var out []string
+		for _, o := range registry.Ownerships() {
+			if o.APIKeyID == apiKeyID {
+				out = append(out, o.CustomerID)
+			}
+		}
+		return out
 	}
 }
 

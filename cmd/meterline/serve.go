@@ -294,6 +294,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		erasures.CatalogueKeys(catalogueKeys(registry))
+		erasures.KeyOwners(keyOwners(registry))
 		goRun("erasures", erasures.Run)
 		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay, ReadLimiter: readLimiter,
 			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
