@@ -67,7 +67,7 @@ func (f *dlqFilterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.partition, "partition", -1, "only this `partition` of the dead-letter topic")
 	fs.Int64Var(&f.from, "from", -1, "first `offset` (inclusive; needs --partition)")
 	fs.Int64Var(&f.to, "to", -1, "last `offset` (inclusive; needs --partition)")
-	fs.StringVar(&f.class, "class", "", "only dead letters of this `class` (invalid, unstorable)")
+	fs.StringVar(&f.class, "class", "", "only dead letters of this `class` (invalid, unstorable, ownership)")
 	fs.StringVar(&f.reason, "reason", "", "only dead letters whose error contains this `text` (case-insensitive)")
 	f.registered = fs
 }
