@@ -358,6 +358,10 @@ func (s *Server) PortalSessions() http.Handler {
 			httpx.WriteError(w, http.StatusBadRequest, "this endpoint takes no query parameters")
 			return
 		}
+		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+			httpx.WriteError(w, http.StatusUnsupportedMediaType, "send application/json")
+			return
+		}
 		var req PortalRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
 		dec.DisallowUnknownFields()
