@@ -401,6 +401,7 @@ func (s *Server) PortalSessions() http.Handler {
 			httpx.WriteError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		_ = json.NewEncoder(w).Encode(PortalResponse{URL: s.base(r) + "/ui/portal/exchange?code=" + code, ExpiresAt: exp.UTC()})
 	})

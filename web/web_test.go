@@ -238,6 +238,9 @@ func portalLink(t *testing.T, f *fixture, token, body string) (int, httpx.ErrorB
 	var pr PortalResponse
 	var eb httpx.ErrorBody
 	if resp.StatusCode == http.StatusCreated {
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("portal link answered Content-Type %q", ct)
+		}
 		if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
 			t.Fatal(err)
 		}
@@ -345,5 +348,29 @@ func TestCustomerSessionScope(t *testing.T) {
 	admin.signIn(t, tokAdmin)
 	if a := admin.get(t, "/ui/customers/"+f.globex+"/keys/"+f.k3); a.code != http.StatusOK {
 		t.Fatalf("admin: globex key page %d", a.code)
+	}
+}
+
+// TestChartLibrary: pages load uPlot when it was installed and embedded,
+// and say that it is missing otherwise; the tables are there either way.
+func TestChartLibrary(t *testing.T) {
+	f := newFixture(t, opts{})
+	b := f.browser()
+	b.signIn(t, tokAdmin)
+	p := b.get(t, "/ui/customers/"+f.acme+"?range=24h")
+	if p.code != http.StatusOK || !strings.Contains(p.body, `data-testid="usage-table"`) {
+		t.Fatalf("customer page: %d\n%s", p.code, p.body)
+	}
+	js := b.get(t, "/ui/static/vendor/uplot/uPlot.iife.min.js")
+	if f.ui.hasChart {
+		if !strings.Contains(p.body, `src="/ui/static/vendor/uplot/uPlot.iife.min.js"`) || js.code != http.StatusOK ||
+			!strings.Contains(js.header.Get("Content-Type"), "javascript") {
+			t.Fatalf("uPlot embedded, yet the page does not load it or it is not served (%d %q)", js.code, js.header.Get("Content-Type"))
+		}
+	} else if !strings.Contains(p.body, "chart library is missing") || strings.Contains(p.body, "vendor/uplot") {
+		t.Fatalf("uPlot not embedded, yet the page does not say so:\n%s", p.body)
+	}
+	if own := b.get(t, "/ui/static/meterline.js"); own.code != http.StatusOK {
+		t.Fatalf("meterline.js: %d", own.code)
 	}
 }
