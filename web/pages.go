@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -172,6 +173,22 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (session, targe
 	return ss, t, true
 }
 
+// reading runs the page's queries under the principal's read limits, on
+// the store's interactive connections (as the API's reads); false: the
+// answer was sent (429).
+func (s *Server) reading(w http.ResponseWriter, r *http.Request, p auth.Principal) (*http.Request, func(), bool) {
+	if s.d.ReadLimiter == nil {
+		return r.WithContext(store.Interactive(r.Context())), func() {}, true
+	}
+	release, refused := s.d.ReadLimiter.Acquire(p.Name)
+	if refused != nil {
+		w.Header().Set("Retry-After", strconv.FormatInt(max(int64(math.Ceil(refused.RetryAfter.Seconds())), 1), 10))
+		s.fail(w, r, http.StatusTooManyRequests, refused.Message)
+		return nil, nil, false
+	}
+	return r.WithContext(store.Interactive(r.Context())), release, true
+}
+
 // usage runs one usage query as GET /v1/usage would for the session's
 // principal, from the page's parameters.
 func (s *Server) usage(ctx context.Context, p auth.Principal, t target, params url.Values) (api.UsageResponse, int, error) {
@@ -268,6 +285,11 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	r, release, ok := s.reading(w, r, ss.principal)
+	if !ok {
+		return
+	}
+	defer release()
 	data := map[string]any{"Session": ss, "Target": t, "View": v, "Presets": presets,
 		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": aggregate.GroupByAllowed}
 	if t.Key != "" {
@@ -358,6 +380,11 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	r, release, ok := s.reading(w, r, ss.principal)
+	if !ok {
+		return
+	}
+	defer release()
 	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
 	if err != nil {
 		s.fail(w, r, code, err.Error())

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/internal/httpx"
 )
 
@@ -372,5 +375,31 @@ func TestChartLibrary(t *testing.T) {
 	}
 	if own := b.get(t, "/ui/static/meterline.js"); own.code != http.StatusOK {
 		t.Fatalf("meterline.js: %d", own.code)
+	}
+}
+
+// TestPageReadsLimitedPerPrincipal: page and CSV requests count against the
+// principal's read limits, as the API's reads do, so one customer's portal
+// cannot slow another's.
+func TestPageReadsLimitedPerPrincipal(t *testing.T) {
+	// One request per principal, then the bucket refills in 1000 s.
+	lim := api.NewLimiter(api.ReadConfig{TokenRate: 0.001, TokenBurst: 1}.WithDefaults(), prometheus.NewRegistry())
+	f := newFixture(t, opts{limiter: lim})
+	portal := f.browser()
+	_, _, pr := portalLink(t, f, tokAdmin, `{"customer_id":"`+f.acme+`"}`)
+	portal.get(t, exchangePath(t, pr.URL))
+	page := "/ui/customers/" + f.acme
+	if a := portal.get(t, page); a.code != http.StatusOK {
+		t.Fatalf("first page: %d", a.code)
+	}
+	for _, p := range []string{page, page + "/usage.csv"} {
+		if a := portal.get(t, p); a.code != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" {
+			t.Fatalf("%s over the limit: %d (Retry-After %q), want 429", p, a.code, a.header.Get("Retry-After"))
+		}
+	}
+	admin := f.browser()
+	admin.signIn(t, tokAdmin)
+	if a := admin.get(t, page); a.code != http.StatusOK {
+		t.Fatalf("another principal's page while the portal is limited: %d", a.code)
 	}
 }
