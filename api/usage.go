@@ -81,35 +81,10 @@ func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 			httpx.WriteError(w, code, err.Error())
 			return
 		}
-		// Freshness first: the rows then include at least what it promises.
-		fresh, err := r.Freshness(req.Context())
+		resp, err := ReadUsage(req.Context(), r, uq)
 		if err != nil {
 			writeQueryError(w, err)
 			return
-		}
-		rows, err := r.Usage(req.Context(), uq)
-		if err != nil {
-			writeQueryError(w, err)
-			return
-		}
-		resp := UsageResponse{
-			CustomerID: uq.CustomerID, APIKeyID: uq.APIKeyID, From: uq.From, To: uq.To,
-			Window: string(uq.Window), TZ: uq.TZ.String(), GroupBy: uq.GroupBy, Freshness: fresh,
-			Rows: make([]UsageRow, len(rows)),
-		}
-		if resp.GroupBy == nil {
-			resp.GroupBy = []string{}
-		}
-		for i, row := range rows {
-			resp.Rows[i] = UsageRow{
-				WindowStart: row.WindowStart, Group: row.Group, Requests: row.Requests,
-				ClientErrors: row.ClientErrors, ServerErrors: row.ServerErrors, Units: json.Number(row.UnitsText),
-				RequestBytes: row.RequestBytes, ResponseBytes: row.ResponseBytes,
-				DistinctClientIPs: row.DistinctClientIPs,
-			}
-			if row.LatencyMeasured {
-				resp.Rows[i].LatencyMS = &Latency{P50: row.LatencyP50, P95: row.LatencyP95, P99: row.LatencyP99}
-			}
 		}
 		if wantsCSV(req) {
 			writeUsageCSV(w, resp)

@@ -23,6 +23,7 @@ import (
 	"github.com/meterline/meterline/internal/tlsutil"
 	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/schemas"
+	"github.com/meterline/meterline/web"
 )
 
 // Config is the whole configuration: one YAML file (--config), overridden by
@@ -43,6 +44,7 @@ type Config struct {
 	Billing    billing.Config         `yaml:"billing"`
 	Auth       AuthConfig             `yaml:"auth"`
 	API        api.ReadConfig         `yaml:"api"`
+	UI         web.Config             `yaml:"ui"`
 }
 
 // HTTPConfig configures the API server.
@@ -194,6 +196,7 @@ func (c *Config) applyDefaults() {
 		c.Auth.ReloadEvery = 10 * time.Second
 	}
 	c.API = c.API.WithDefaults()
+	c.UI = c.UI.WithDefaults()
 }
 
 // Validate reports every invalid setting at once.
@@ -216,7 +219,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Events.UnknownKeys.Validate())
 	errs = append(errs, c.Kafka.Validate(), c.Privacy.Anonymizer.Validate(), c.Privacy.Config.Validate(), c.Collector.Validate(), c.Sink.Validate(),
-		c.Aggregate.Validate(), c.Limits.Validate(), c.API.Validate())
+		c.Aggregate.Validate(), c.Limits.Validate(), c.API.Validate(), c.UI.Validate())
 	if !validIdent(c.ClickHouse.Database) {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %q must match [A-Za-z_][A-Za-z0-9_]*", c.ClickHouse.Database))
 	}

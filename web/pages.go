@@ -1,0 +1,433 @@
+package web
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meterline/meterline/aggregate"
+	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/api"
+	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/store"
+)
+
+// Range presets of the controls, and the window each one shows.
+type preset struct {
+	Name   string
+	span   func(time.Time) time.Time // from, given to
+	window aggregate.Window
+}
+
+var presets = []preset{
+	{"1h", func(t time.Time) time.Time { return t.Add(-time.Hour) }, aggregate.WindowMinute},
+	{"24h", func(t time.Time) time.Time { return t.Add(-24 * time.Hour) }, aggregate.WindowHour},
+	{"7d", func(t time.Time) time.Time { return t.AddDate(0, 0, -7) }, aggregate.WindowHour},
+	{"30d", func(t time.Time) time.Time { return t.AddDate(0, 0, -30) }, aggregate.WindowDay},
+	{"12mo", func(t time.Time) time.Time { return t.AddDate(-1, 0, 0) }, aggregate.WindowMonth},
+}
+
+// pageParams are the query parameters of the usage pages and CSV URLs.
+var pageParams = []string{"range", "from", "to", "window", "group_by"}
+
+// windowFor is the window a custom range is shown in.
+func windowFor(d time.Duration) aggregate.Window {
+	switch {
+	case d <= 6*time.Hour:
+		return aggregate.WindowMinute
+	case d <= 8*24*time.Hour:
+		return aggregate.WindowHour
+	case d <= 93*24*time.Hour:
+		return aggregate.WindowDay
+	}
+	return aggregate.WindowMonth
+}
+
+// view is the controls' state, read from the URL.
+type view struct {
+	Range    string // a preset, or "" for a custom from/to
+	From, To time.Time
+	Window   string // as chosen ("" derived)
+	GroupBy  string
+	Query    string // the URL's query string, re-encoded
+}
+
+// readView checks the page's parameters and turns them into GET
+// /v1/usage's. A wrong one is a 400 naming it.
+func readView(q url.Values, now time.Time) (view, url.Values, error) {
+	if err := checkParams(q); err != nil {
+		return view{}, nil, err
+	}
+	v := view{Range: q.Get("range"), Window: q.Get("window"), GroupBy: q.Get("group_by")}
+	out := url.Values{}
+	for k, vs := range q { // an empty field of the controls' form means "not set"
+		if len(vs) == 1 && vs[0] == "" {
+			delete(q, k)
+		}
+	}
+	custom := q.Get("from") != "" || q.Get("to") != ""
+	var derived aggregate.Window
+	switch {
+	case custom && v.Range != "":
+		return v, nil, errors.New(`give either "range" or "from"/"to", not both`)
+	case custom:
+		var err error
+		if v.From, err = time.Parse(time.RFC3339, q.Get("from")); err != nil {
+			return v, nil, fmt.Errorf(`"from": %q is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)`, cut(q.Get("from")))
+		}
+		v.To = now
+		if s := q.Get("to"); s != "" {
+			if v.To, err = time.Parse(time.RFC3339, s); err != nil {
+				return v, nil, fmt.Errorf(`"to": %q is not an RFC 3339 time`, cut(s))
+			}
+		}
+		if !v.From.Before(v.To) {
+			return v, nil, errors.New(`"from" must be before "to"`)
+		}
+		derived = windowFor(v.To.Sub(v.From))
+	default:
+		if v.Range == "" {
+			v.Range = "24h"
+		}
+		i := slices.IndexFunc(presets, func(p preset) bool { return p.Name == v.Range })
+		if i < 0 {
+			return v, nil, fmt.Errorf(`"range": %q is not one of 1h, 24h, 7d, 30d, 12mo`, cut(v.Range))
+		}
+		v.To = now.UTC().Truncate(time.Minute).Add(time.Minute)
+		v.From = presets[i].span(v.To)
+		derived = presets[i].window
+	}
+	w := derived
+	if v.Window != "" {
+		w = aggregate.Window(v.Window)
+	}
+	out.Set("from", v.From.UTC().Format(time.RFC3339))
+	out.Set("to", v.To.UTC().Format(time.RFC3339))
+	out.Set("window", string(w))
+	if v.GroupBy != "" {
+		if !slices.Contains(aggregate.GroupByAllowed, v.GroupBy) {
+			return v, nil, fmt.Errorf(`"group_by": %q is not one of %s`, cut(v.GroupBy), strings.Join(aggregate.GroupByAllowed, ", "))
+		}
+		out.Set("group_by", v.GroupBy)
+	}
+	v.Window = string(w)
+	v.Query = q.Encode()
+	return v, out, nil
+}
+
+func checkParams(q url.Values) error {
+	for k, vs := range q {
+		if !slices.Contains(pageParams, k) {
+			return fmt.Errorf("unknown parameter %q (known: %s)", cut(k), strings.Join(pageParams, ", "))
+		}
+		if len(vs) > 1 {
+			return fmt.Errorf("parameter %q given %d times", k, len(vs))
+		}
+	}
+	return nil
+}
+
+func cut(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// target is whose usage a page shows, after the scope check.
+type target struct {
+	Customer, Key string
+}
+
+// resolve checks that the session may see the customer and key of the
+// URL. Anything it may not see is "not found", as unknown ones are, so ids
+// cannot be probed.
+func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (session, target, bool) {
+	ss, ok := s.signedIn(w, r)
+	if !ok {
+		return ss, target{}, false
+	}
+	t := target{Customer: r.PathValue("customer"), Key: r.PathValue("key")}
+	p := ss.principal
+	if t.Customer == "" || len(t.Customer) > 128 || len(t.Key) > 128 || !p.CanReadCustomer(t.Customer) {
+		s.fail(w, r, http.StatusNotFound, "No such customer.")
+		return ss, t, false
+	}
+	if t.Key != "" {
+		c, known := s.d.Registry.Customer(t.Customer)
+		if !known || !slices.Contains(c.AllKeys(), t.Key) {
+			s.fail(w, r, http.StatusNotFound, "No such API key for this customer.")
+			return ss, t, false
+		}
+	}
+	return ss, t, true
+}
+
+// usage runs one usage query as GET /v1/usage would for the session's
+// principal, from the page's parameters.
+func (s *Server) usage(ctx context.Context, p auth.Principal, t target, params url.Values) (api.UsageResponse, int, error) {
+	q := url.Values{}
+	for k, v := range params {
+		q[k] = v
+	}
+	q.Set("customer_id", t.Customer)
+	if t.Key != "" {
+		q.Set("api_key_id", t.Key)
+	}
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v1/usage?"+q.Encode(), nil)
+	uq, code, err := api.ParseUsageQuery(req, p, s.d.Now())
+	if err != nil {
+		return api.UsageResponse{}, code, err
+	}
+	resp, err := api.ReadUsage(ctx, s.d.Usage, uq)
+	if err != nil {
+		return resp, queryStatus(err), err
+	}
+	return resp, http.StatusOK, nil
+}
+
+func queryStatus(err error) int {
+	var pe *aggregate.ParamError
+	switch {
+	case errors.As(err, &pe):
+		return http.StatusBadRequest
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// totals sums rows the way a reader of GET /v1/usage would.
+type totals struct {
+	Requests, ClientErrors, ServerErrors uint64
+	Units                                float64
+	RequestBytes, ResponseBytes          uint64
+}
+
+func sum(rows []api.UsageRow) totals {
+	var t totals
+	for _, r := range rows {
+		t.Requests += r.Requests
+		t.ClientErrors += r.ClientErrors
+		t.ServerErrors += r.ServerErrors
+		u, _ := r.Units.Float64()
+		t.Units += u
+		t.RequestBytes += r.RequestBytes
+		t.ResponseBytes += r.ResponseBytes
+	}
+	return t
+}
+
+// ErrorRate is the share of requests answered 4xx or 5xx, in percent.
+func (t totals) ErrorRate() string {
+	if t.Requests == 0 {
+		return "0"
+	}
+	return strconv.FormatFloat(100*float64(t.ClientErrors+t.ServerErrors)/float64(t.Requests), 'f', 2, 64)
+}
+
+// groupRow is one line of a "by route/method/key" table.
+type groupRow struct {
+	Value string
+	totals
+}
+
+func byGroup(rows []api.UsageRow, dim string) []groupRow {
+	m := map[string][]api.UsageRow{}
+	for _, r := range rows {
+		m[r.Group[dim]] = append(m[r.Group[dim]], r)
+	}
+	out := make([]groupRow, 0, len(m))
+	for v, rs := range m {
+		out = append(out, groupRow{Value: v, totals: sum(rs)})
+	}
+	slices.SortFunc(out, func(a, b groupRow) int {
+		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.Value, b.Value))
+	})
+	return out
+}
+
+// customerPage serves the customer page and, with a key in the path, the
+// key page.
+func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
+	ss, t, ok := s.resolve(w, r)
+	if !ok {
+		return
+	}
+	v, params, err := readView(r.URL.Query(), s.d.Now())
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	data := map[string]any{"Session": ss, "Target": t, "View": v, "Presets": presets,
+		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": aggregate.GroupByAllowed}
+	if t.Key != "" {
+		data["Title"] = "Key " + t.Key
+	} else {
+		data["Title"] = "Customer " + t.Customer
+	}
+	csv := "/ui/customers/" + url.PathEscape(t.Customer)
+	if t.Key != "" {
+		csv += "/keys/" + url.PathEscape(t.Key)
+	}
+	data["Base"] = csv
+	data["CSV"] = template.URL(csv + "/usage.csv?" + v.Query)
+	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
+	if err != nil {
+		data["Error"] = err.Error()
+		s.render(w, code, "usage.html", data)
+		return
+	}
+	data["Usage"] = resp
+	data["Totals"] = sum(resp.Rows)
+	data["Fresh"] = resp.Freshness
+	// Tables by dimension: the same query grouped, summed over the range.
+	var tables []map[string]any
+	dims := []string{"route", "method", "status_class"}
+	if t.Key == "" {
+		dims = append(dims, "api_key_id")
+	}
+	for _, d := range dims {
+		gp := url.Values{}
+		for k, vs := range params {
+			gp[k] = vs
+		}
+		gp.Set("group_by", d)
+		g, _, err := s.usage(r.Context(), ss.principal, t, gp)
+		tb := map[string]any{"Dim": d}
+		if err != nil {
+			tb["Error"] = err.Error()
+		} else {
+			tb["Rows"] = byGroup(g.Rows, d)
+		}
+		tables = append(tables, tb)
+	}
+	data["Tables"] = tables
+	data["Keys"] = s.keys(t.Customer)
+	data["Plan"], data["PlanError"] = s.plan(t)
+	s.render(w, http.StatusOK, "usage.html", data)
+}
+
+func (s *Server) keys(customer string) []string {
+	c, ok := s.d.Registry.Customer(customer)
+	if !ok {
+		return nil
+	}
+	return c.AllKeys()
+}
+
+// plan reads the limits view for the key, or for one of the customer's
+// keys (the plan and its usage are the customer's, whichever key).
+func (s *Server) plan(t target) (*limits.Limit, string) {
+	key := t.Key
+	if key == "" {
+		ks := s.keys(t.Customer)
+		if len(ks) == 0 {
+			return nil, "This customer has no key in the catalogue, so no plan to show."
+		}
+		key = ks[0]
+	}
+	l, err := s.d.Limits.Lookup(key, s.d.Now())
+	if err != nil {
+		return nil, "Plan unavailable: " + err.Error()
+	}
+	if l.CustomerID != t.Customer {
+		return nil, "This key now belongs to another customer."
+	}
+	return &l, ""
+}
+
+// usageCSV downloads the rows of the page's chart: the same rows, columns
+// and writer as GET /v1/usage with Accept: text/csv.
+func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
+	ss, t, ok := s.resolve(w, r)
+	if !ok {
+		return
+	}
+	_, params, err := readView(r.URL.Query(), s.d.Now())
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
+	if err != nil {
+		s.fail(w, r, code, err.Error())
+		return
+	}
+	api.WriteUsageCSV(w, resp)
+}
+
+// overview serves the admin and finance landing page: the customers of the
+// catalogue and the pipeline's health.
+func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
+	ss, ok := s.signedIn(w, r)
+	if !ok {
+		return
+	}
+	if !ss.principal.Has(auth.ScopeAdmin) && !ss.principal.Has(auth.ScopeFinance) {
+		s.fail(w, r, http.StatusNotFound, "No such page.")
+		return
+	}
+	if len(r.URL.RawQuery) > 0 {
+		s.fail(w, r, http.StatusBadRequest, "This page takes no parameters.")
+		return
+	}
+	var customers []string
+	if c := s.d.Registry.Catalogue(); c != nil {
+		for _, cu := range c.Customers {
+			customers = append(customers, cu.ID)
+		}
+	}
+	slices.Sort(customers)
+	data := map[string]any{"Session": ss, "Title": "Overview", "Customers": customers}
+	if fresh, err := s.d.Usage.Freshness(r.Context()); err == nil {
+		data["Fresh"] = fresh
+	} else {
+		data["FreshError"] = err.Error()
+	}
+	if s.d.Health != nil {
+		data["Health"] = s.d.Health()
+	}
+	s.render(w, http.StatusOK, "overview.html", data)
+}
+
+var funcs = template.FuncMap{
+	"ts": func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return t.UTC().Format(time.RFC3339)
+	},
+	"num": func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) },
+	"lat": func(l *api.Latency, which string) string {
+		if l == nil {
+			return "–"
+		}
+		switch which {
+		case "p50":
+			return strconv.FormatFloat(l.P50, 'f', 1, 64)
+		case "p95":
+			return strconv.FormatFloat(l.P95, 'f', 1, 64)
+		}
+		return strconv.FormatFloat(l.P99, 'f', 1, 64)
+	},
+	"path": url.PathEscape,
+	// withRange is the page's query with another preset range.
+	"withRange": func(query, r string) string {
+		q, _ := url.ParseQuery(query)
+		q.Del("from")
+		q.Del("to")
+		q.Del("window")
+		q.Set("range", r)
+		return q.Encode()
+	},
+}
