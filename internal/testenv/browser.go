@@ -21,7 +21,7 @@ const (
 	EnvChromium = "METERLINE_TEST_CHROMIUM"
 	// EnvUIScreenshots names a folder where the browser tests write a PNG of
 	// each view; unset (the default), they write none.
-	EnvUIScreenshots = "METERLINE_UI_SCREENSHOTS"
+	EnvUIScreenshots = "METERLINE_TEST_UI_SCREENSHOTS"
 )
 
 // BrowserFlags are the command-line flags of the test browser: headless, no
@@ -156,7 +156,7 @@ func (b *Tab) ConsoleErrors() []chromedp.ConsoleMessage {
 var screenshotName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
 // Screenshot writes a PNG of the tab's viewport to
-// $METERLINE_UI_SCREENSHOTS/<name>.png when that folder is set, and does
+// $METERLINE_TEST_UI_SCREENSHOTS/<name>.png when that folder is set, and does
 // nothing otherwise, so that tests do not write into the tree by default.
 func (b *Tab) Screenshot(t testing.TB, name string) {
 	t.Helper()
