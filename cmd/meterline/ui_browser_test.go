@@ -51,6 +51,7 @@ customers:
 	topic := testenv.Unique("ui")
 	cfgPath, addr := writeConfig(t, strings.Join(brokers, ","), topic, fmt.Sprintf(`limits:
   catalogue_file: %s
+  refresh: 200ms
 aggregate:
   interval: 200ms
   settle: 1ms
@@ -92,6 +93,21 @@ aggregate:
 			}
 			if got := u.requests(); got != want {
 				return fmt.Errorf("%s: %d requests in /v1/usage, want %d", cust, got, want)
+			}
+		}
+		return nil
+	})
+	// The plan's usage (GET /v1/limits) follows on its own refresh.
+	testenv.Eventually(t, 90*time.Second, func() error {
+		for key, want := range map[string]string{"key_acme_a": "26", "key_globex": "5"} {
+			var lim struct {
+				Used json.Number `json:"used"`
+			}
+			if err := getJSON(s.addr, "/v1/limits/"+key, &lim); err != nil {
+				return err
+			}
+			if lim.Used.String() != want {
+				return fmt.Errorf("/v1/limits/%s: used %s, want %s", key, lim.Used, want)
 			}
 		}
 		return nil
@@ -410,9 +426,12 @@ func TestUIOperatorSeesTheAPIsNumbers(t *testing.T) {
 		Included  json.Number `json:"included"`
 		HardLimit json.Number `json:"hard_limit"`
 	}
-	if err := getJSON(s.addr, "/v1/limits/key_acme_a", &lim); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Eventually(t, 60*time.Second, func() error {
+		if err := getJSON(s.addr, "/v1/limits/key_acme_a", &lim); err != nil {
+			return err
+		}
+		return nil
+	})
 	open(t, tab, s.base, "/ui/customers/acme/keys/key_acme_a", "main")
 	for id, want := range map[string]json.Number{"plan-used": lim.Used, "plan-included": lim.Included, "plan-hard-limit": lim.HardLimit} {
 		if got := testid(t, tab, id); want == "" || got != want.String() {

@@ -44,7 +44,7 @@ type Tab struct {
 }
 
 // Browser starts the system chromium headless with a fresh profile (a
-// t.TempDir) and a 1280×800 window, and returns its first tab. The browser
+// t.TempDir) and a 1280×800 viewport, and returns its first tab. The browser
 // stops when the test ends. Without METERLINE_TEST_CHROMIUM the test is
 // skipped (failed under CI).
 func Browser(t testing.TB) *Tab {
@@ -82,7 +82,7 @@ func newTab(t testing.TB, ctx context.Context) *Tab {
 	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 		_, err := cdp.Call(ctx, tg, log.Enable, cdp.Empty{})
 		return err
-	}))
+	}), chromedp.EmulateViewport(1280, 800))
 	if err != nil {
 		t.Fatalf("starting chromium: %v", err)
 	}
