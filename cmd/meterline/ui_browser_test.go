@@ -166,7 +166,7 @@ func (s *uiStack) portalLink(t *testing.T, customer string) string {
 }
 
 // signIn fills the sign-in form with token and waits for the landing page.
-func signIn(t *testing.T, tab *testenv.Tab, base, token string) {
+func signIn(t testing.TB, tab *testenv.Tab, base, token string) {
 	t.Helper()
 	err := chromedp.Do(tab.Ctx,
 		chromedp.Navigate(base+"/ui/"),
