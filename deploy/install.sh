@@ -6,12 +6,15 @@
 #   stripe-mock  Stripe's API validator, for billing tests
 #   schemathesis the OpenAPI fuzzer (PyPI, in a virtualenv), for the API
 #                conformance test
+#   uplot        the web interface's chart library (npm, MIT), checked
+#                against its pinned integrity, into web/assets/static/vendor/
+#                (git-ignored; embedded by the next go build)
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
 #   gateway      nginx with the Lua module and lua-nginx-kafka, for the
 #                example gateway in deploy/nginx and its test
 #   browser      chromium, the headless browser of the web interface's tests
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|gateway|browser]...
-#        (default: kafka chdb stripe-mock schemathesis)
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser]...
+#        (default: kafka chdb stripe-mock schemathesis uplot)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -59,6 +62,33 @@ install_schemathesis() {
 	python3 -m venv --clear "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
 	"$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
 		{ rm -rf "$venv"; die "pip could not install schemathesis $SCHEMATHESIS_VERSION"; }
+}
+
+# uPlot, pinned by version and by the sha512 that `npm view uplot@<version>
+# dist.integrity` answers; a tarball with another digest is refused.
+UPLOT_VERSION="1.6.32"
+UPLOT_INTEGRITY="sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw=="
+UPLOT_DIR="$REPO_DIR/web/assets/static/vendor/uplot"
+
+install_uplot() {
+	if [[ -f "$UPLOT_DIR/uPlot.iife.min.js" && "$(cat "$UPLOT_DIR/VERSION" 2>/dev/null)" == "$UPLOT_VERSION" ]]; then return; fi
+	need npm "the chart library uPlot" npm
+	need openssl "the chart library uPlot (integrity check)" openssl
+	log "installing uPlot $UPLOT_VERSION (npm, MIT) into $UPLOT_DIR"
+	local tmp got
+	tmp="$(mktemp -d)"
+	(cd "$tmp" && npm pack --silent "uplot@$UPLOT_VERSION" >/dev/null)
+	got="sha512-$(openssl dgst -sha512 -binary "$tmp"/uplot-"$UPLOT_VERSION".tgz | base64 -w0)"
+	if [[ "$got" != "$UPLOT_INTEGRITY" ]]; then
+		rm -rf "$tmp"
+		die "uplot-$UPLOT_VERSION.tgz has integrity $got, want $UPLOT_INTEGRITY: refusing it"
+	fi
+	tar xzf "$tmp/uplot-$UPLOT_VERSION.tgz" -C "$tmp" package/dist/uPlot.iife.min.js package/dist/uPlot.min.css package/LICENSE
+	rm -rf "$UPLOT_DIR.tmp" && mkdir -p "$UPLOT_DIR.tmp"
+	cp "$tmp/package/dist/uPlot.iife.min.js" "$tmp/package/dist/uPlot.min.css" "$tmp/package/LICENSE" "$UPLOT_DIR.tmp/"
+	echo "$UPLOT_VERSION" >"$UPLOT_DIR.tmp/VERSION"
+	rm -rf "$UPLOT_DIR" && mv "$UPLOT_DIR.tmp" "$UPLOT_DIR"
+	rm -rf "$tmp"
 }
 
 # What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
@@ -123,15 +153,16 @@ install_browser() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis)
+[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot)
 for p in "${parts[@]}"; do
 	case "$p" in
 	kafka) install_kafka ;;
 	chdb) install_chdb ;;
 	stripe-mock) install_stripe_mock ;;
 	schemathesis) install_schemathesis ;;
+	uplot) install_uplot ;;
 	gateway) install_gateway ;;
 	browser) install_browser ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, gateway or browser)" ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway or browser)" ;;
 	esac
 done

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_DIR"
 
-"$DEPLOY_DIR/install.sh" kafka chdb stripe-mock
+"$DEPLOY_DIR/install.sh" kafka chdb stripe-mock uplot
 export CHDB_LIB_PATH="$CHDB_LIB"
 log "building meterline"
 go build -o bin/meterline ./cmd/meterline
@@ -45,6 +45,7 @@ cat >&2 <<MSG
   See them stored (within about a second):
     curl -sS 'http://127.0.0.1:8080/v1/events/stored?api_key_id=key_demo' -H 'Authorization: Bearer ml_dev_admin'
 
+  Web interface: http://127.0.0.1:8080/ui/  (sign in with the dev admin token ml_dev_admin)
   Metrics: http://127.0.0.1:8080/metrics     Stop: Ctrl-C
 
 MSG

@@ -65,8 +65,9 @@ type fixture struct {
 }
 
 type opts struct {
-	cfg Config
-	tls bool
+	cfg     Config
+	tls     bool
+	limiter *api.Limiter
 }
 
 func newFixture(t *testing.T, o opts) *fixture {
@@ -131,7 +132,7 @@ customers:
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	f.ui = New(cfg, Deps{Tokens: tk, Usage: q, Limits: view, Registry: registry, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now})
+	f.ui = New(cfg, Deps{Tokens: tk, Usage: q, Limits: view, Registry: registry, ReadLimiter: o.limiter, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now})
 	mux := http.NewServeMux()
 	mux.Handle("/ui/", f.ui.Handler())
 	mux.Handle("/v1/portal/sessions", f.ui.PortalSessions())

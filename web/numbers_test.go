@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +121,46 @@ func TestBadInput(t *testing.T) {
 	}
 	if a := b2.do(t, http.MethodPost, "/ui/signin", url.Values{"token": {tokAdmin}, "csrf": {"x"}, "admin": {"1"}}); a.code != http.StatusBadRequest {
 		t.Errorf("unknown form field: %d, want 400", a.code)
+	}
+}
+
+// TestOverviewEqualsAPI: the overview's totals are the sum of GET
+// /v1/usage's answers for the catalogue's customers.
+func TestOverviewEqualsAPI(t *testing.T) {
+	f := newFixture(t, opts{})
+	b := f.browser()
+	b.signIn(t, tokAdmin)
+	p := b.get(t, "/ui/overview?range=24h")
+	if p.code != http.StatusOK {
+		t.Fatalf("overview: %d\n%s", p.code, p.body)
+	}
+	// The fixture's events are within the last 4 hours; the other tests'
+	// customers are not in this catalogue.
+	var req uint64
+	var units float64
+	for _, c := range []string{f.acme, f.globex} {
+		q := url.Values{"customer_id": {c}, "from": {f.start.Add(-time.Hour).Format(time.RFC3339)}, "window": {"hour"}}
+		code, body := apiGet(t, f, tokAdmin, q, "")
+		var resp api.UsageResponse
+		if err := json.Unmarshal(body, &resp); code != http.StatusOK || err != nil {
+			t.Fatalf("GET /v1/usage: %d %v", code, err)
+		}
+		for _, r := range resp.Rows {
+			req += r.Requests
+			u, _ := r.Units.Float64()
+			units += u
+		}
+	}
+	if req != 90 {
+		t.Fatalf("the API answered %d requests, the fixture has 90", req)
+	}
+	if got := testid(t, p.body, "overview-total-requests"); got != strconv.FormatUint(req, 10) {
+		t.Errorf("overview requests %q, the API %d", got, req)
+	}
+	if got := testid(t, p.body, "overview-total-units"); got != strconv.FormatFloat(units, 'f', -1, 64) {
+		t.Errorf("overview units %q, the API %v", got, units)
+	}
+	if !strings.Contains(p.body, `data-testid="top-customers"`) || strings.Index(p.body, ">"+f.acme+"<") > strings.Index(p.body, ">"+f.globex+"<") {
+		t.Errorf("top customers missing or not by requests:\n%s", p.body)
 	}
 }

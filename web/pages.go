@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -172,6 +173,22 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (session, targe
 	return ss, t, true
 }
 
+// reading runs the page's queries under the principal's read limits, on
+// the store's interactive connections (as the API's reads); false: the
+// answer was sent (429).
+func (s *Server) reading(w http.ResponseWriter, r *http.Request, p auth.Principal) (*http.Request, func(), bool) {
+	if s.d.ReadLimiter == nil {
+		return r.WithContext(store.Interactive(r.Context())), func() {}, true
+	}
+	release, refused := s.d.ReadLimiter.Acquire(p.Name)
+	if refused != nil {
+		w.Header().Set("Retry-After", strconv.FormatInt(max(int64(math.Ceil(refused.RetryAfter.Seconds())), 1), 10))
+		s.fail(w, r, http.StatusTooManyRequests, refused.Message)
+		return nil, nil, false
+	}
+	return r.WithContext(store.Interactive(r.Context())), release, true
+}
+
 // usage runs one usage query as GET /v1/usage would for the session's
 // principal, from the page's parameters.
 func (s *Server) usage(ctx context.Context, p auth.Principal, t target, params url.Values) (api.UsageResponse, int, error) {
@@ -268,6 +285,11 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	r, release, ok := s.reading(w, r, ss.principal)
+	if !ok {
+		return
+	}
+	defer release()
 	data := map[string]any{"Session": ss, "Target": t, "View": v, "Presets": presets,
 		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": aggregate.GroupByAllowed}
 	if t.Key != "" {
@@ -358,6 +380,11 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	r, release, ok := s.reading(w, r, ss.principal)
+	if !ok {
+		return
+	}
+	defer release()
 	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
 	if err != nil {
 		s.fail(w, r, code, err.Error())
@@ -366,8 +393,13 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 	api.WriteUsageCSV(w, resp)
 }
 
-// overview serves the admin and finance landing page: the customers of the
-// catalogue and the pipeline's health.
+// maxOverviewCustomers bounds the customers the overview queries (one
+// usage query each).
+const maxOverviewCustomers = 200
+
+// overview serves the admin and finance landing page: usage over the range
+// summed over the catalogue's customers, the top customers, data freshness
+// and the pipeline's health.
 func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 	ss, ok := s.signedIn(w, r)
 	if !ok {
@@ -377,10 +409,19 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
 		return
 	}
-	if len(r.URL.RawQuery) > 0 {
-		s.fail(w, r, http.StatusBadRequest, "This page takes no parameters.")
+	v, params, err := readView(r.URL.Query(), s.d.Now())
+	if err == nil && v.GroupBy != "" {
+		err = errors.New(`"group_by": the overview is not grouped; open a customer's page`)
+	}
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	r, release, ok := s.reading(w, r, ss.principal)
+	if !ok {
+		return
+	}
+	defer release()
 	var customers []string
 	if c := s.d.Registry.Catalogue(); c != nil {
 		for _, cu := range c.Customers {
@@ -388,11 +429,43 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	slices.Sort(customers)
-	data := map[string]any{"Session": ss, "Title": "Overview", "Customers": customers}
-	if fresh, err := s.d.Usage.Freshness(r.Context()); err == nil {
-		data["Fresh"] = fresh
-	} else {
-		data["FreshError"] = err.Error()
+	data := map[string]any{"Session": ss, "Title": "Overview", "Customers": customers, "View": v, "Presets": presets,
+		"Base": "/ui/overview"}
+	if len(customers) > maxOverviewCustomers {
+		data["Truncated"] = maxOverviewCustomers
+		customers = customers[:maxOverviewCustomers]
+	}
+	// One query per customer, through the API's code; a whole-range window
+	// keeps each answer to a row or two.
+	var all totals
+	var top []groupRow
+	for _, c := range customers {
+		resp, _, err := s.usage(r.Context(), ss.principal, target{Customer: c}, params)
+		if err != nil {
+			data["UsageError"] = err.Error()
+			break
+		}
+		t := sum(resp.Rows)
+		data["Fresh"] = resp.Freshness
+		all.Requests, all.ClientErrors, all.ServerErrors = all.Requests+t.Requests, all.ClientErrors+t.ClientErrors, all.ServerErrors+t.ServerErrors
+		all.Units += t.Units
+		if t.Requests > 0 {
+			top = append(top, groupRow{Value: c, totals: t})
+		}
+	}
+	slices.SortFunc(top, func(a, b groupRow) int {
+		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.Value, b.Value))
+	})
+	if len(top) > 10 {
+		top = top[:10]
+	}
+	data["Totals"], data["Top"] = all, top
+	if _, known := data["Fresh"]; !known {
+		if fresh, err := s.d.Usage.Freshness(r.Context()); err == nil {
+			data["Fresh"] = fresh
+		} else {
+			data["FreshError"] = err.Error()
+		}
 	}
 	if s.d.Health != nil {
 		data["Health"] = s.d.Health()

@@ -48,6 +48,10 @@ type Deps struct {
 	Usage    api.UsageReader
 	Limits   api.LimitLooker
 	Registry Registry
+	// ReadLimiter, when set, limits each principal's page and CSV requests
+	// as it limits the API's reads (per token name; portal sessions of one
+	// customer share "portal:<customer_id>").
+	ReadLimiter *api.Limiter
 	// TLS: the server serves HTTPS, cookies are then Secure.
 	TLS bool
 	// Health reports the pipeline's state for the overview; nil: not shown.
@@ -401,6 +405,7 @@ func (s *Server) PortalSessions() http.Handler {
 			httpx.WriteError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		_ = json.NewEncoder(w).Encode(PortalResponse{URL: s.base(r) + "/ui/portal/exchange?code=" + code, ExpiresAt: exp.UTC()})
 	})

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/internal/httpx"
 )
 
@@ -238,6 +241,9 @@ func portalLink(t *testing.T, f *fixture, token, body string) (int, httpx.ErrorB
 	var pr PortalResponse
 	var eb httpx.ErrorBody
 	if resp.StatusCode == http.StatusCreated {
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("portal link answered Content-Type %q", ct)
+		}
 		if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
 			t.Fatal(err)
 		}
@@ -345,5 +351,55 @@ func TestCustomerSessionScope(t *testing.T) {
 	admin.signIn(t, tokAdmin)
 	if a := admin.get(t, "/ui/customers/"+f.globex+"/keys/"+f.k3); a.code != http.StatusOK {
 		t.Fatalf("admin: globex key page %d", a.code)
+	}
+}
+
+// TestChartLibrary: pages load uPlot when it was installed and embedded,
+// and say that it is missing otherwise; the tables are there either way.
+func TestChartLibrary(t *testing.T) {
+	f := newFixture(t, opts{})
+	b := f.browser()
+	b.signIn(t, tokAdmin)
+	p := b.get(t, "/ui/customers/"+f.acme+"?range=24h")
+	if p.code != http.StatusOK || !strings.Contains(p.body, `data-testid="usage-table"`) {
+		t.Fatalf("customer page: %d\n%s", p.code, p.body)
+	}
+	js := b.get(t, "/ui/static/vendor/uplot/uPlot.iife.min.js")
+	if f.ui.hasChart {
+		if !strings.Contains(p.body, `src="/ui/static/vendor/uplot/uPlot.iife.min.js"`) || js.code != http.StatusOK ||
+			!strings.Contains(js.header.Get("Content-Type"), "javascript") {
+			t.Fatalf("uPlot embedded, yet the page does not load it or it is not served (%d %q)", js.code, js.header.Get("Content-Type"))
+		}
+	} else if !strings.Contains(p.body, "chart library is missing") || strings.Contains(p.body, "vendor/uplot") {
+		t.Fatalf("uPlot not embedded, yet the page does not say so:\n%s", p.body)
+	}
+	if own := b.get(t, "/ui/static/meterline.js"); own.code != http.StatusOK {
+		t.Fatalf("meterline.js: %d", own.code)
+	}
+}
+
+// TestPageReadsLimitedPerPrincipal: page and CSV requests count against the
+// principal's read limits, as the API's reads do, so one customer's portal
+// cannot slow another's.
+func TestPageReadsLimitedPerPrincipal(t *testing.T) {
+	// One request per principal, then the bucket refills in 1000 s.
+	lim := api.NewLimiter(api.ReadConfig{TokenRate: 0.001, TokenBurst: 1}.WithDefaults(), prometheus.NewRegistry())
+	f := newFixture(t, opts{limiter: lim})
+	portal := f.browser()
+	_, _, pr := portalLink(t, f, tokAdmin, `{"customer_id":"`+f.acme+`"}`)
+	portal.get(t, exchangePath(t, pr.URL))
+	page := "/ui/customers/" + f.acme
+	if a := portal.get(t, page); a.code != http.StatusOK {
+		t.Fatalf("first page: %d", a.code)
+	}
+	for _, p := range []string{page, page + "/usage.csv"} {
+		if a := portal.get(t, p); a.code != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" {
+			t.Fatalf("%s over the limit: %d (Retry-After %q), want 429", p, a.code, a.header.Get("Retry-After"))
+		}
+	}
+	admin := f.browser()
+	admin.signIn(t, tokAdmin)
+	if a := admin.get(t, page); a.code != http.StatusOK {
+		t.Fatalf("another principal's page while the portal is limited: %d", a.code)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/aggregate/limits"
+	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/auth"
 	"github.com/meterline/meterline/web"
 )
@@ -16,12 +17,12 @@ import (
 // endpoint, POST /v1/portal/sessions, in the query role (ui.disabled turns
 // both off).
 func mountUI(cfg *Config, mux *http.ServeMux, tokens *auth.Tokens, querier *aggregate.Querier, view *limits.View,
-	registry *limits.Registry, reg *prometheus.Registry, log *slog.Logger) {
+	registry *limits.Registry, readLimiter *api.Limiter, reg *prometheus.Registry, log *slog.Logger) {
 	if cfg.UI.Disabled {
 		return
 	}
 	tc, _ := cfg.HTTP.TLS.Config() // validated with the configuration
-	ui := web.New(cfg.UI, web.Deps{Tokens: tokens, Usage: querier, Limits: view, Registry: registry, TLS: tc != nil,
+	ui := web.New(cfg.UI, web.Deps{Tokens: tokens, Usage: querier, Limits: view, Registry: registry, ReadLimiter: readLimiter, TLS: tc != nil,
 		Health: web.RegistryHealth(reg, web.HealthMetrics), Log: log})
 	mux.Handle("/ui/", ui.Handler())
 	mux.Handle("/v1/portal/sessions", ui.PortalSessions())
