@@ -96,10 +96,7 @@ func TestUIBenchFirstChart(b *testing.T) {
 
 	tab := testenv.Browser(b)
 	signIn(b, tab, s.base, e2eAdminToken)
-	hasChart, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[bool](`document.querySelector('link[href*="uplot"]') !== null`))
-	if err != nil {
-		b.Fatal(err)
-	}
+	hasChart := hasChartLibrary(b, tab)
 	sel, unit := "main .chart canvas", "chart-ms"
 	if !hasChart {
 		sel, unit = `[data-testid="usage-table"]`, "table-ms"

@@ -297,6 +297,17 @@ func (u usageAnswer) units(t *testing.T) float64 {
 	return s
 }
 
+// hasChartLibrary tells whether the page loads uPlot (installed by
+// deploy/install.sh uplot; without it pages show tables only).
+func hasChartLibrary(t *testing.T, tab *testenv.Tab) bool {
+	t.Helper()
+	ok, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[bool](`document.querySelector('script[src*="uPlot"]') !== null`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
 // pageText is the visible text of the page.
 func pageText(t *testing.T, tab *testenv.Tab) string {
 	t.Helper()
@@ -385,7 +396,22 @@ func TestUIOperatorSeesTheAPIsNumbers(t *testing.T) {
 		if v.text != "" && !strings.Contains(text, v.text) {
 			t.Fatalf("%s does not name %s:\n%s", v.path, v.text, text)
 		}
+		if v.name != "overview" && hasChartLibrary(t, tab) {
+			// The chart is drawn from the page's CSV by the page's script.
+			if err := chromedp.Do(tab.Ctx, chromedp.WaitVisible(chromedp.CSS("main .chart canvas"))); err != nil {
+				t.Fatalf("%s: no chart drawn: %v", v.path, err)
+			}
+		}
 		tab.Screenshot(t, v.name)
+	}
+	// The customer page at a phone's width.
+	if err := chromedp.Do(tab.Ctx, chromedp.EmulateViewport(390, 844)); err != nil {
+		t.Fatal(err)
+	}
+	open(t, tab, s.base, "/ui/customers/acme", "main")
+	tab.Screenshot(t, "customer-phone")
+	if err := chromedp.Do(tab.Ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatal(err)
 	}
 
 	// The customer and key pages: the CSV of the chart equals the API's
