@@ -81,6 +81,9 @@ func TestCustomerPageEqualsAPI(t *testing.T) {
 				t.Errorf("%s: %s shows %q, the API %q", c.page, id, got, want)
 			}
 		}
+		if want := `href="` + c.page + `?range=7d"`; !strings.Contains(p.body, want) {
+			t.Errorf("%s: no preset link %s", c.page, want)
+		}
 		// The plan is the limits view's, as GET /v1/limits answers it.
 		l, err := f.ui.d.Limits.Lookup(f.k1, time.Now())
 		if err != nil {

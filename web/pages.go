@@ -494,13 +494,14 @@ var funcs = template.FuncMap{
 		return strconv.FormatFloat(l.P99, 'f', 1, 64)
 	},
 	"path": url.PathEscape,
-	// withRange is the page's query with another preset range.
-	"withRange": func(query, r string) string {
+	// withRange is the page's URL with another preset range (base is a
+	// path of ours, the query re-encoded).
+	"withRange": func(base, query, r string) template.URL {
 		q, _ := url.ParseQuery(query)
 		q.Del("from")
 		q.Del("to")
 		q.Del("window")
 		q.Set("range", r)
-		return q.Encode()
+		return template.URL(base + "?" + q.Encode())
 	},
 }
