@@ -12,7 +12,8 @@
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
 #   gateway      nginx with the Lua module and lua-nginx-kafka, for the
 #                example gateway in deploy/nginx and its test
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway]...
+#   browser      chromium, the headless browser of the web interface's tests
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser]...
 #        (default: kafka chdb stripe-mock schemathesis uplot)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
@@ -127,6 +128,30 @@ install_gateway() {
 	fi
 }
 
+# Debian's chromium: browser downloads from elsewhere (Playwright's, Chrome
+# for Testing) fail on machines without internet; the Debian package does not.
+BROWSER_PACKAGES=(chromium)
+BROWSER_BIN=/usr/bin/chromium
+
+install_browser() {
+	if [[ -x "$BROWSER_BIN" ]]; then return; fi
+	command -v apt-get >/dev/null || die "the browser tests need Debian's ${BROWSER_PACKAGES[*]}, and apt-get is not here: install chromium by hand"
+	local sudo=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || die "installing ${BROWSER_PACKAGES[*]} needs root: run 'apt-get install ${BROWSER_PACKAGES[*]}' as root"
+		sudo=(sudo)
+	fi
+	log "installing ${BROWSER_PACKAGES[*]} with apt-get"
+	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+	if ! "${apt[@]}" install -y --no-install-recommends "${BROWSER_PACKAGES[@]}"; then
+		log "apt-get install failed; updating the package lists and trying again"
+		"${apt[@]}" update || die "apt-get update failed: cannot install ${BROWSER_PACKAGES[*]}"
+		"${apt[@]}" install -y --no-install-recommends "${BROWSER_PACKAGES[@]}" ||
+			die "apt-get could not install ${BROWSER_PACKAGES[*]}"
+	fi
+	[[ -x "$BROWSER_BIN" ]] || die "${BROWSER_PACKAGES[*]} is installed, yet $BROWSER_BIN is missing"
+}
+
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot)
 for p in "${parts[@]}"; do
@@ -137,6 +162,7 @@ for p in "${parts[@]}"; do
 	schemathesis) install_schemathesis ;;
 	uplot) install_uplot ;;
 	gateway) install_gateway ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot or gateway)" ;;
+	browser) install_browser ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway or browser)" ;;
 	esac
 done

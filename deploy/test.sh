@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: installs what is missing (deploy/install.sh, and its gateway
-# part: nginx for the gateway test), starts the shared servers once (a
+# and browser parts: nginx for the gateway test, chromium for the browser
+# tests), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
@@ -22,6 +23,15 @@ elif [[ -n "${CI:-}" ]]; then
 	die "the gateway packages are required in CI"
 else
 	log "warning: the gateway packages could not be installed; the nginx gateway test will be skipped"
+fi
+# The web interface's browser tests drive Debian's chromium headless: without
+# it they are skipped, except in CI.
+if "$DEPLOY_DIR/install.sh" browser; then
+	export METERLINE_TEST_CHROMIUM=/usr/bin/chromium
+elif [[ -n "${CI:-}" ]]; then
+	die "chromium is required in CI"
+else
+	log "warning: chromium could not be installed; the browser tests will be skipped"
 fi
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/meterline-test.XXXXXX")"
