@@ -240,15 +240,11 @@ func open(t *testing.T, tab *testenv.Tab, base, path, sel string) *network.Respo
 	return resp
 }
 
-// noConsoleErrors fails on any console error or CSP violation so far. The
-// one error it lets pass is the browser's own request for /favicon.ico
-// (outside /ui/, which the pages do not link), answered 404.
+// noConsoleErrors fails on any console error or CSP violation so far (a
+// page that forgot its icon makes the browser ask for /favicon.ico, a 404).
 func noConsoleErrors(t *testing.T, tab *testenv.Tab) {
 	t.Helper()
 	for _, m := range tab.ConsoleErrors() {
-		if u, err := url.Parse(m.URL); err == nil && u.Path == "/favicon.ico" {
-			continue
-		}
 		t.Errorf("console %s: %s (%s)", m.Type, m.Text, m.URL)
 	}
 }

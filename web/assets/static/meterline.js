@@ -27,10 +27,21 @@
       });
       if (xs.length === 0) { el.textContent = "No usage in this range."; return; }
       el.textContent = "";
+      // The x axis spans the range the page states, not just the windows
+      // that had usage (a single window would otherwise get an axis of
+      // years around it).
+      var lo = Date.parse(el.dataset.from) / 1000, hi = Date.parse(el.dataset.to) / 1000;
+      var xscale = { time: true };
+      if (isFinite(lo) && isFinite(hi) && hi > lo) {
+        xscale.range = function () { return [lo, hi]; };
+      }
       new uPlot({
         width: Math.max(300, el.clientWidth), height: 260,
-        series: [{}, { label: "requests", stroke: "#0969da" }, { label: "units", stroke: "#b35900", scale: "units" }],
-        axes: [{}, { label: "requests" }, { side: 1, scale: "units", label: "units" }]
+        scales: { x: xscale },
+        series: [{},
+          { label: "requests", stroke: "#0969da", width: 2, points: { show: true, size: 7 } },
+          { label: "units", stroke: "#b35900", width: 2, dash: [6, 4], scale: "units", points: { show: true, size: 5 } }],
+        axes: [{}, { label: "requests" }, { side: 1, scale: "units", label: "units", grid: { show: false } }]
       }, [xs, reqs, units], el);
     }).catch(function (e) { el.textContent = "The chart's data could not be loaded: " + e.message; });
   }
