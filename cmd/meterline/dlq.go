@@ -97,6 +97,21 @@ func dlqKafka(cf *commonFlags) (ingest.KafkaConfig, error) {
 	return cfg.Kafka, nil
 }
 
+// openDLQScan reads the configuration and the selection flags and opens a
+// scan of the dead-letter topic.
+func openDLQScan(ctx context.Context, cf *commonFlags, ff *dlqFilterFlags, stderr io.Writer) (ingest.KafkaConfig, *ingest.DeadLetterScan, error) {
+	flt, err := ff.filter(stderr)
+	if err != nil {
+		return ingest.KafkaConfig{}, nil, err
+	}
+	k, err := dlqKafka(cf)
+	if err != nil {
+		return k, nil, err
+	}
+	scan, err := ingest.NewDeadLetterScan(ctx, k, flt)
+	return k, scan, err
+}
+
 func runDLQList(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dlq list", "dlq list [--config FILE] [--partition N [--from OFFSET] [--to OFFSET]] [--class CLASS] [--reason TEXT] [--limit N]", stderr)
 	var cf commonFlags
@@ -115,17 +130,9 @@ func runDLQList(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	flt, err := ff.filter(stderr)
-	if err != nil {
-		return err
-	}
-	k, err := dlqKafka(&cf)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	scan, err := ingest.NewDeadLetterScan(ctx, k, flt)
+	k, scan, err := openDLQScan(ctx, &cf, &ff, stderr)
 	if err != nil {
 		return err
 	}
@@ -256,17 +263,9 @@ func runDLQReplay(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	flt, err := ff.filter(stderr)
-	if err != nil {
-		return err
-	}
-	k, err := dlqKafka(&cf)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	scan, err := ingest.NewDeadLetterScan(ctx, k, flt)
+	k, scan, err := openDLQScan(ctx, &cf, &ff, stderr)
 	if err != nil {
 		return err
 	}
