@@ -2,7 +2,6 @@ package billing
 
 import (
 	"context"
-	"encoding/csv"
 	"fmt"
 	"io"
 	"regexp"
@@ -534,21 +533,9 @@ func (r *Reconciliation) WriteTable(w io.Writer) error {
 // Cells starting with =, +, - or @ that are not numbers are prefixed with
 // a quote so spreadsheets do not run them as formulas.
 func (r *Reconciliation) WriteCSV(w io.Writer) error {
-	cw := csv.NewWriter(w)
-	if err := cw.Write(append([]string{"period"}, reconHeader...)); err != nil {
-		return err
-	}
+	rows := make([][]string, 0, len(r.Lines))
 	for _, l := range r.Lines {
-		c := l.cells()
-		for i := range c {
-			if _, err := decimal.NewFromString(c[i]); err != nil && c[i] != "" && strings.ContainsRune("=+-@", rune(c[i][0])) {
-				c[i] = "'" + c[i]
-			}
-		}
-		if err := cw.Write(append([]string{r.Period.Format("2006-01")}, c...)); err != nil {
-			return err
-		}
+		rows = append(rows, append([]string{r.Period.Format("2006-01")}, l.cells()...))
 	}
-	cw.Flush()
-	return cw.Error()
+	return writeSafeCSV(w, append([]string{"period"}, reconHeader...), rows)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/meterline/meterline/aggregate/limits"
 	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/auth"
+	"github.com/meterline/meterline/billing"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/testenv"
 	"github.com/meterline/meterline/store"
@@ -35,9 +36,10 @@ func TestMain(m *testing.M) {
 }
 
 const (
-	tokAdmin  = "t-admin"
-	tokAcme   = "t-acme"
-	tokIngest = "t-ingest"
+	tokAdmin   = "t-admin"
+	tokAcme    = "t-acme"
+	tokIngest  = "t-ingest"
+	tokFinance = "t-finance"
 )
 
 // clock is a settable clock for sessions, codes and the rate limit.
@@ -61,6 +63,7 @@ type fixture struct {
 	ui           *Server
 	start        time.Time
 	acme, globex string
+	finance      *billing.Reader
 	k1, k2, k3   string
 }
 
@@ -122,6 +125,7 @@ customers:
 	tk, err := auth.New([]auth.TokenConfig{
 		{Name: "admin", SHA256: auth.Hash(tokAdmin), Scopes: []string{"admin"}},
 		{Name: "acme-dash", SHA256: auth.Hash(tokAcme), Scopes: []string{"customer:" + f.acme}},
+		{Name: "finance", SHA256: auth.Hash(tokFinance), Scopes: []string{"finance"}},
 		{Name: "gw", SHA256: auth.Hash(tokIngest), Scopes: []string{"ingest"}},
 	})
 	if err != nil {
@@ -132,7 +136,17 @@ customers:
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	f.ui = New(cfg, Deps{Tokens: tk, Usage: q, Limits: view, Registry: registry, ReadLimiter: o.limiter, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now})
+	mapping, err := billing.ParseMapping([]byte(fmt.Sprintf(`plans:
+  - {plan: starter, mode: meter_events, event_name: api_units}
+customers:
+  - {id: %s, stripe_customer_id: cus_%s}
+`, f.acme, strings.ReplaceAll(f.acme, "-", ""))), cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.finance = &billing.Reader{DB: db, Load: func() (*billing.Mapping, billing.Plans, error) { return mapping, registry, nil }}
+	f.ui = New(cfg, Deps{Tokens: tk, Usage: q, Limits: view, Registry: registry, ReadLimiter: o.limiter, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now,
+		Finance: f.finance})
 	mux := http.NewServeMux()
 	mux.Handle("/ui/", f.ui.Handler())
 	mux.Handle("/v1/portal/sessions", f.ui.PortalSessions())

@@ -494,6 +494,14 @@ var funcs = template.FuncMap{
 		return strconv.FormatFloat(l.P99, 'f', 1, 64)
 	},
 	"path": url.PathEscape,
+	// cents shows an amount in a currency's smallest unit as units.
+	"cents": func(c int64) string {
+		sign := ""
+		if c < 0 {
+			sign, c = "-", -c
+		}
+		return fmt.Sprintf("%s%d.%02d", sign, c/100, c%100)
+	},
 	// withRange is the page's URL with another preset range (base is a
 	// path of ours, the query re-encoded).
 	"withRange": func(base, query, r string) template.URL {

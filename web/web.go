@@ -54,6 +54,10 @@ type Deps struct {
 	ReadLimiter *api.Limiter
 	// TLS: the server serves HTTPS, cookies are then Secure.
 	TLS bool
+	// Finance serves the finance pages (admin and finance sessions); nil:
+	// the process has no store to read billing from, and the pages are not
+	// served.
+	Finance Finance
 	// Health reports the pipeline's state for the overview; nil: not shown.
 	Health func() []HealthItem
 	Log    *slog.Logger
@@ -121,6 +125,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ui/customers/{customer}/usage.csv", s.usageCSV)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}", s.customerPage)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}/usage.csv", s.usageCSV)
+	mux.HandleFunc("GET /ui/finance", s.financePage)
+	mux.HandleFunc("GET /ui/finance/reconciliation.csv", s.financeCSV("reconciliation"))
+	mux.HandleFunc("GET /ui/finance/ledger.csv", s.financeCSV("ledger"))
+	mux.HandleFunc("GET /ui/finance/invoices.csv", s.financeCSV("invoices"))
 	mux.Handle("GET /ui/static/", s.static)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
@@ -427,7 +435,7 @@ func (s *Server) render(w http.ResponseWriter, code int, name string, data map[s
 	if ss, ok := data["Session"].(session); ok { // templates see exported fields only
 		p := ss.principal
 		data["Session"] = map[string]any{"Name": p.Name, "CSRF": ss.csrf, "Customers": p.Customers(),
-			"Staff": p.Has(auth.ScopeAdmin) || p.Has(auth.ScopeFinance)}
+			"Staff": p.Has(auth.ScopeAdmin) || p.Has(auth.ScopeFinance), "Finance": s.d.Finance != nil && p.HasAny(auth.ScopeAdmin, auth.ScopeFinance)}
 	}
 	var b strings.Builder
 	if err := s.pages.ExecuteTemplate(&b, name, data); err != nil {

@@ -290,14 +290,10 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var mapping *billing.Mapping
-	var plans billing.Plans
 	if cfg.Billing.MappingFile != "" {
-		m, cat, err := loadBilling(cfg)
-		if err != nil {
+		if _, _, err := loadBilling(cfg); err != nil { // before opening the store: a bad mapping is a quick error
 			return err
 		}
-		mapping, plans = m, limits.NewRegistry(cat)
 	}
 	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -307,13 +303,12 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	var api billing.StripeAPI
-	if mapping != nil && !*ledgerOnly {
-		api = billing.NewStripeAPI(cfg.Billing)
-	}
-	rec, err := billing.ReconcileWithStripe(ctx, db, cfg.Billing, mapping, plans, api, period, time.Now())
+	// The finance page reads the reconciliation through the same reader.
+	fin := financeReader(cfg, db)
+	withStripe := fin.Configured() && !*ledgerOnly
+	rec, err := fin.Reconcile(ctx, period, time.Now(), withStripe)
 	if err != nil {
-		if api != nil {
+		if withStripe {
 			return fmt.Errorf("%w (--ledger-only compares with the ledger alone)", err)
 		}
 		return err

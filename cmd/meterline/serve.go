@@ -292,7 +292,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
-		mountUI(cfg, mux, tokens, querier, view, registry, readLimiter, reg, log.With("role", roleQuery))
+		mountUI(cfg, mux, db, tokens, querier, view, registry, readLimiter, reg, log.With("role", roleQuery))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		erasures.CatalogueKeys(catalogueKeys(registry))
 		erasures.KeyOwners(keyOwners(registry))
