@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"time"
@@ -114,7 +115,11 @@ func (s *Server) financePage(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	data := map[string]any{"Session": ss, "Title": "Finance", "View": v, "Configured": s.d.Finance.Configured(),
-		"Periods": recentPeriods(s.d.Now(), 13)}
+		"Periods": recentPeriods(s.d.Now(), 13), "CSV": map[string]template.URL{}}
+	for _, which := range []string{"reconciliation", "ledger", "invoices"} {
+		// v.Query is re-encoded from checked values.
+		data["CSV"].(map[string]template.URL)[which] = template.URL("/ui/finance/" + which + ".csv?" + v.Query)
+	}
 	ctx := r.Context()
 	rec, err := s.d.Finance.Reconcile(ctx, v.Period, s.d.Now(), v.Stripe)
 	if err != nil {

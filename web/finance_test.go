@@ -3,7 +3,9 @@ package web
 import (
 	"bytes"
 	"context"
+	"html"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -47,7 +49,12 @@ func TestFinancePageAndCSVs(t *testing.T) {
 		t.Error("no Finance link in the navigation")
 	}
 
-	csv := b.get(t, "/ui/finance/reconciliation.csv?period="+period)
+	// The page's own link downloads it.
+	m := regexp.MustCompile(`href="([^"]+)" id="csv-reconciliation"`).FindStringSubmatch(page.body)
+	if m == nil {
+		t.Fatalf("no reconciliation CSV link on the page:\n%s", page.body)
+	}
+	csv := b.get(t, html.UnescapeString(m[1]))
 	var want bytes.Buffer
 	if err := rec.WriteCSV(&want); err != nil {
 		t.Fatal(err)

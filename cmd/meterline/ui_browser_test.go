@@ -28,6 +28,8 @@ import (
 type uiStack struct {
 	addr  string
 	base  string
+	cfg   string // the configuration file
+	proc  *proc
 	posts int // events per customer posted
 }
 
@@ -56,7 +58,7 @@ aggregate:
   interval: 200ms
   settle: 1ms
 %s`, catalogue, uiExtra))
-	start(t, cfgPath, addr)
+	p, _ := start(t, cfgPath, addr)
 
 	// acme: 7 requests on key a (two of them 500s), 4 on key b; globex: 5.
 	now := time.Now().Add(-2 * time.Minute).UTC()
@@ -84,7 +86,7 @@ aggregate:
 		add(fmt.Sprintf("ui-g-%d", i), "key_globex", "globex", "/v1/pets/{id}", 404, 1)
 	}
 	postEvents(t, addr, evs)
-	s := &uiStack{addr: addr, base: "http://" + addr}
+	s := &uiStack{addr: addr, base: "http://" + addr, cfg: cfgPath, proc: p}
 	testenv.Eventually(t, 90*time.Second, func() error {
 		for cust, want := range map[string]uint64{"acme": 11, "globex": 5} {
 			u, err := s.usage("customer_id=" + cust + "&window=hour&from=" + now.Add(-time.Hour).Truncate(time.Hour).Format(time.RFC3339))
