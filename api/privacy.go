@@ -79,6 +79,13 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	} else if strings.Contains(r.Header.Get("Accept"), "application/zip") {
 		format = privacy.ZipCSV
 	}
+	p.WriteExport(w, r, who.Name, s, format)
+}
+
+// WriteExport streams the subject's export in format as the answer to r,
+// audited as done by actor: what GET /v1/privacy/export answers once the
+// request is checked, and what the web interface's export downloads.
+func (p *Privacy) WriteExport(w http.ResponseWriter, r *http.Request, actor string, s privacy.Subject, format privacy.Format) {
 	ex, err := privacy.Plan(r.Context(), p.DB, s, 0)
 	if err != nil {
 		p.Log.Error("privacy export: planning failed", "err", err)
@@ -119,7 +126,7 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 	// Audited even when the client went away mid-export.
 	// On the background connections: the audit record must not be refused
 	// for lack of a read connection.
-	if aerr := p.Service.Audit(store.NotInteractive(context.WithoutCancel(r.Context())), who.Name, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
+	if aerr := p.Service.Audit(store.NotInteractive(context.WithoutCancel(r.Context())), actor, "export", s.CustomerID, s.APIKeyID, "", detail); aerr != nil {
 		p.Log.Error("privacy export: audit failed", "err", aerr)
 	}
 	if err != nil {
@@ -128,7 +135,7 @@ func (p *Privacy) export(w http.ResponseWriter, r *http.Request) {
 		p.Log.Error("privacy export failed mid-stream", "customer", s.CustomerID, "api_key", s.APIKeyID, "err", err)
 		panic(http.ErrAbortHandler)
 	}
-	p.Log.Info("privacy export", "by", who.Name, "customer", s.CustomerID, "api_key", s.APIKeyID, "rows", res.Total, "format", format)
+	p.Log.Info("privacy export", "by", actor, "customer", s.CustomerID, "api_key", s.APIKeyID, "rows", res.Total, "format", format)
 }
 
 // exportSliceTimeout bounds writing one slice of an export to the client.
@@ -178,27 +185,51 @@ func (p *Privacy) erasures(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadRequest, "body: one JSON object expected")
 		return
 	}
-	req := privacy.Request{CustomerID: body.CustomerID, RequestedBy: who.Name, Reason: body.Reason}
-	if body.AccountDeletion {
-		req.Delay = p.AccountDeletionDelay
-	}
-	if err := req.Validate(); err != nil {
+	e, err := p.RequestErasure(r.Context(), who.Name, body.CustomerID, body.Reason, body.AccountDeletion)
+	var invalid *InvalidRequestError
+	switch {
+	case errors.As(err, &invalid):
 		httpx.WriteError(w, http.StatusBadRequest, err.Error())
 		return
-	}
-	e, err := p.Service.Request(r.Context(), req)
-	if err != nil {
-		p.Log.Error("privacy: recording an erasure failed", "err", err)
+	case err != nil:
 		httpx.WriteError(w, http.StatusServiceUnavailable, "the request could not be recorded; try again")
 		return
-	}
-	if e.Status == privacy.StatusPending {
-		p.Service.Wake()
 	}
 	w.Header().Set("Location", "/v1/privacy/erasures/"+e.ID)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	_ = json.NewEncoder(w).Encode(e)
+}
+
+// InvalidRequestError is a request that fails validation; nothing was
+// recorded.
+type InvalidRequestError struct{ Err error }
+
+func (e *InvalidRequestError) Error() string { return e.Err.Error() }
+func (e *InvalidRequestError) Unwrap() error { return e.Err }
+
+// RequestErasure records an erasure of the customer requested by actor
+// (scheduled after AccountDeletionDelay for an account deletion, due at
+// once otherwise) and wakes the runner: what POST /v1/privacy/erasures
+// does once the body is read, and what the web interface's form does. An
+// invalid request is an *InvalidRequestError and records nothing.
+func (p *Privacy) RequestErasure(ctx context.Context, actor, customerID, reason string, accountDeletion bool) (privacy.Erasure, error) {
+	req := privacy.Request{CustomerID: customerID, RequestedBy: actor, Reason: reason}
+	if accountDeletion {
+		req.Delay = p.AccountDeletionDelay
+	}
+	if err := req.Validate(); err != nil {
+		return privacy.Erasure{}, &InvalidRequestError{Err: err}
+	}
+	e, err := p.Service.Request(ctx, req)
+	if err != nil {
+		p.Log.Error("privacy: recording an erasure failed", "err", err)
+		return e, err
+	}
+	if e.Status == privacy.StatusPending {
+		p.Service.Wake()
+	}
+	return e, nil
 }
 
 func (p *Privacy) list(w http.ResponseWriter, r *http.Request) {

@@ -24,6 +24,7 @@ import (
 	"github.com/meterline/meterline/billing"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/testenv"
+	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/store"
 )
 
@@ -64,6 +65,7 @@ type fixture struct {
 	start        time.Time
 	acme, globex string
 	finance      *billing.Reader
+	privacy      *api.Privacy
 	k1, k2, k3   string
 }
 
@@ -145,12 +147,15 @@ customers:
 		t.Fatal(err)
 	}
 	f.finance = &billing.Reader{DB: db, Load: func() (*billing.Mapping, billing.Plans, error) { return mapping, registry, nil }}
-	f.ui = New(cfg, Deps{Tokens: tk, Usage: q, Limits: view, Registry: registry, ReadLimiter: o.limiter, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now,
+	erasures := privacy.NewService(privacy.Config{}.WithDefaults(), db, prometheus.NewRegistry(), testenv.Log())
+	f.privacy = &api.Privacy{DB: db, Service: erasures, Tokens: tk, Log: testenv.Log()}
+	f.ui = New(cfg, Deps{Privacy: f.privacy, Tokens: tk, Usage: q, Limits: view, Registry: registry, ReadLimiter: o.limiter, TLS: o.tls, Log: testenv.Log(), Now: f.clock.now,
 		Finance: f.finance})
 	mux := http.NewServeMux()
 	mux.Handle("/ui/", f.ui.Handler())
 	mux.Handle("/v1/portal/sessions", f.ui.PortalSessions())
 	mux.Handle("/v1/usage", api.NewUsageHandler(q, tk))
+	f.privacy.Register(mux)
 	if o.tls {
 		f.srv = httptest.NewTLSServer(mux)
 	} else {

@@ -494,6 +494,14 @@ var funcs = template.FuncMap{
 		return strconv.FormatFloat(l.P99, 'f', 1, 64)
 	},
 	"path": url.PathEscape,
+	// total sums a table-to-rows map.
+	"total": func(m map[string]uint64) uint64 {
+		var n uint64
+		for _, v := range m {
+			n += v
+		}
+		return n
+	},
 	// cents shows an amount in a currency's smallest unit as units.
 	"cents": func(c int64) string {
 		sign := ""

@@ -58,6 +58,10 @@ type Deps struct {
 	// the process has no store to read billing from, and the pages are not
 	// served.
 	Finance Finance
+	// Privacy serves the privacy pages (admin sessions): the same export,
+	// erasure requests and audit trail as the API's /v1/privacy endpoints;
+	// nil: not served.
+	Privacy *api.Privacy
 	// Health reports the pipeline's state for the overview; nil: not shown.
 	Health func() []HealthItem
 	Log    *slog.Logger
@@ -129,6 +133,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ui/finance/reconciliation.csv", s.financeCSV("reconciliation"))
 	mux.HandleFunc("GET /ui/finance/ledger.csv", s.financeCSV("ledger"))
 	mux.HandleFunc("GET /ui/finance/invoices.csv", s.financeCSV("invoices"))
+	mux.HandleFunc("GET /ui/privacy", s.privacyPage)
+	mux.HandleFunc("GET /ui/privacy/erasures/{id}", s.erasurePage)
+	mux.HandleFunc("POST /ui/privacy/export", s.exportDownload)
+	mux.HandleFunc("POST /ui/privacy/erasures", s.requestErasure)
+	mux.HandleFunc("POST /ui/privacy/erasures/{id}/cancel", s.cancelErasure)
 	mux.Handle("GET /ui/static/", s.static)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
@@ -435,7 +444,8 @@ func (s *Server) render(w http.ResponseWriter, code int, name string, data map[s
 	if ss, ok := data["Session"].(session); ok { // templates see exported fields only
 		p := ss.principal
 		data["Session"] = map[string]any{"Name": p.Name, "CSRF": ss.csrf, "Customers": p.Customers(),
-			"Staff": p.Has(auth.ScopeAdmin) || p.Has(auth.ScopeFinance), "Finance": s.d.Finance != nil && p.HasAny(auth.ScopeAdmin, auth.ScopeFinance)}
+			"Staff": p.Has(auth.ScopeAdmin) || p.Has(auth.ScopeFinance), "Finance": s.d.Finance != nil && p.HasAny(auth.ScopeAdmin, auth.ScopeFinance),
+			"Privacy": s.d.Privacy != nil && p.Has(auth.ScopeAdmin)}
 	}
 	var b strings.Builder
 	if err := s.pages.ExecuteTemplate(&b, name, data); err != nil {

@@ -292,13 +292,14 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
-		mountUI(cfg, mux, db, tokens, querier, view, registry, readLimiter, reg, log.With("role", roleQuery))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
 		erasures.CatalogueKeys(catalogueKeys(registry))
 		erasures.KeyOwners(keyOwners(registry))
 		goRun("erasures", erasures.Run)
-		(&api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay, ReadLimiter: readLimiter,
-			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}).Register(mux)
+		priv := &api.Privacy{DB: db, Service: erasures, Tokens: tokens, AccountDeletionDelay: cfg.Privacy.AccountDeletionDelay, ReadLimiter: readLimiter,
+			Records: privacyRecords(registry, view), Log: log.With("role", roleQuery)}
+		priv.Register(mux)
+		mountUI(cfg, mux, db, priv, tokens, querier, view, registry, readLimiter, reg, log.With("role", roleQuery))
 	}
 	if has(roleBilling) {
 		if err := startBilling(cfg, db, registry, catalogue, mux, reg, log.With("role", roleBilling), goRun); err != nil {

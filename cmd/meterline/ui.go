@@ -18,7 +18,7 @@ import (
 // mountUI serves the web interface under /ui/ and the portal links'
 // endpoint, POST /v1/portal/sessions, in the query role (ui.disabled turns
 // both off).
-func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, tokens *auth.Tokens, querier *aggregate.Querier, view *limits.View,
+func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, priv *api.Privacy, tokens *auth.Tokens, querier *aggregate.Querier, view *limits.View,
 	registry *limits.Registry, readLimiter *api.Limiter, reg *prometheus.Registry, log *slog.Logger) {
 	if cfg.UI.Disabled {
 		return
@@ -26,7 +26,7 @@ func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, tokens *auth.Tokens
 	tc, _ := cfg.HTTP.TLS.Config() // validated with the configuration
 	ui := web.New(cfg.UI, web.Deps{Tokens: tokens, Usage: querier, Limits: view, Registry: registry, ReadLimiter: readLimiter, TLS: tc != nil,
 		Health: web.RegistryHealth(reg, web.HealthMetrics), Log: log,
-		Finance: financeReader(cfg, db)})
+		Finance: financeReader(cfg, db), Privacy: priv})
 	mux.Handle("/ui/", ui.Handler())
 	mux.Handle("/v1/portal/sessions", ui.PortalSessions())
 }
