@@ -43,8 +43,6 @@ type Reader struct {
 	// Load returns the mapping and the plans in force; nil: billing is not
 	// configured (nothing is reported, Stripe is not read).
 	Load func() (*Mapping, Plans, error)
-	// NewAPI is the Stripe client of reads from Stripe; nil: NewStripeAPI.
-	NewAPI func(Config) StripeAPI
 }
 
 // Configured reports whether a mapping is configured.
@@ -62,11 +60,7 @@ func (r *Reader) Reconcile(ctx context.Context, period, now time.Time, withStrip
 			return nil, err
 		}
 		if withStripe {
-			if r.NewAPI != nil {
-				api = r.NewAPI(r.Config)
-			} else {
-				api = NewStripeAPI(r.Config)
-			}
+			api = NewStripeAPI(r.Config)
 		}
 	}
 	return ReconcileWithStripe(ctx, r.DB, r.Config, mapping, plans, api, period, now)

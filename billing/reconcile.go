@@ -156,7 +156,7 @@ func ReconcileWithStripe(ctx context.Context, db store.Conn, cfg Config, mapping
 	if err != nil {
 		return nil, err
 	}
-	invoices, err := readInvoices(ctx, db, period, end)
+	invoices, err := readInvoices(ctx, db, period)
 	if err != nil {
 		return nil, err
 	}
@@ -460,27 +460,18 @@ func ledgerCustomersOf(ctx context.Context, db store.Conn, period time.Time) ([]
 	return out, rows.Err()
 }
 
-// readInvoices returns, per Stripe customer, the invoices whose period
-// overlaps [from, to), each with its latest status.
-func readInvoices(ctx context.Context, db store.Conn, from, to time.Time) (map[string][]string, error) {
-	rows, err := db.Query(ctx, `SELECT stripe_customer_id, invoice_id, argMax(status, received_at)
-FROM billing_invoices
-WHERE period_start < {to:DateTime('UTC')} AND period_end > {from:DateTime('UTC')}
-GROUP BY stripe_customer_id, invoice_id
-ORDER BY stripe_customer_id, invoice_id`, store.P("from", from), store.P("to", to))
+// readInvoices returns, per Stripe customer, the period's invoices (as
+// Invoices lists them) as "in_... (status)".
+func readInvoices(ctx context.Context, db store.Conn, period time.Time) (map[string][]string, error) {
+	list, err := Invoices(ctx, db, period)
 	if err != nil {
-		return nil, fmt.Errorf("billing: read invoices: %w", err)
+		return nil, err
 	}
-	defer func() { _ = rows.Close() }()
 	out := map[string][]string{}
-	for rows.Next() {
-		var c, id, status string
-		if err := rows.Scan(&c, &id, &status); err != nil {
-			return nil, fmt.Errorf("billing: read invoices: %w", err)
-		}
-		out[c] = append(out[c], fmt.Sprintf("%s (%s)", id, status))
+	for _, in := range list {
+		out[in.StripeCustomerID] = append(out[in.StripeCustomerID], fmt.Sprintf("%s (%s)", in.InvoiceID, in.Status))
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // readWatermark reads the aggregator's watermark (zero before its first tick).

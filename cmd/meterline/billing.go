@@ -290,10 +290,16 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The finance page reads the reconciliation through the same reader;
+	// the command reads the mapping once, before opening the store, so a
+	// bad mapping is a quick error.
+	fin := &billing.Reader{Config: cfg.Billing}
 	if cfg.Billing.MappingFile != "" {
-		if _, _, err := loadBilling(cfg); err != nil { // before opening the store: a bad mapping is a quick error
+		m, plans, err := loadBillingPlans(cfg)
+		if err != nil {
 			return err
 		}
+		fin.Load = func() (*billing.Mapping, billing.Plans, error) { return m, plans, nil }
 	}
 	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -303,8 +309,7 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	// The finance page reads the reconciliation through the same reader.
-	fin := financeReader(cfg, db)
+	fin.DB = db
 	withStripe := fin.Configured() && !*ledgerOnly
 	rec, err := fin.Reconcile(ctx, period, time.Now(), withStripe)
 	if err != nil {

@@ -31,20 +31,22 @@ func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, priv *api.Privacy, 
 	mux.Handle("/v1/portal/sessions", ui.PortalSessions())
 }
 
-// financeReader reads the finance pages' data and the reconciliation of
-// `meterline billing reconcile`: the mapping and the catalogue are read
-// from their files at every call (a finance page is rare; it then always
-// shows the mapping in force).
+// financeReader reads the finance pages' data: the mapping and the
+// catalogue are read from their files at every call (a finance page is
+// rare; it then always shows the mapping in force).
 func financeReader(cfg *Config, db store.Conn) *billing.Reader {
 	r := &billing.Reader{DB: db, Config: cfg.Billing}
 	if cfg.Billing.MappingFile != "" {
-		r.Load = func() (*billing.Mapping, billing.Plans, error) {
-			m, cat, err := loadBilling(cfg)
-			if err != nil {
-				return nil, nil, err
-			}
-			return m, limits.NewRegistry(cat), nil
-		}
+		r.Load = func() (*billing.Mapping, billing.Plans, error) { return loadBillingPlans(cfg) }
 	}
 	return r
+}
+
+// loadBillingPlans is loadBilling with the catalogue as billing's plans.
+func loadBillingPlans(cfg *Config) (*billing.Mapping, billing.Plans, error) {
+	m, cat, err := loadBilling(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, limits.NewRegistry(cat), nil
 }
