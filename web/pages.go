@@ -480,6 +480,15 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format(time.RFC3339)
 	},
+	// when is a time for a dense table: to the minute, in UTC, with the
+	// full RFC 3339 time in its datetime and title.
+	"when": func(t time.Time) template.HTML {
+		if t.IsZero() {
+			return "never"
+		}
+		full := t.UTC().Format(time.RFC3339)
+		return template.HTML(`<time datetime="` + full + `" title="` + full + `">` + t.UTC().Format("2006-01-02 15:04") + `</time>`)
+	},
 	"num": func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) },
 	"lat": func(l *api.Latency, which string) string {
 		if l == nil {

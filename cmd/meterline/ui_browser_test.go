@@ -33,8 +33,9 @@ type uiStack struct {
 	posts int // events per customer posted
 }
 
-// startUIStack starts the binary with two customers (acme: key_acme_a,
-// key_acme_b; globex: key_globex) and posts events for each through the
+// startUIStack starts the binary with three customers (acme: key_acme_a,
+// key_acme_b; globex: key_globex; initech: key_initech, which has no events
+// until a test posts some) and posts events for acme and globex through the
 // collector, then waits until GET /v1/usage counts all of them.
 func startUIStack(t *testing.T, uiExtra string) *uiStack {
 	t.Helper()
@@ -47,6 +48,7 @@ func startUIStack(t *testing.T, uiExtra string) *uiStack {
 customers:
   - {id: acme, plan: starter, keys: [key_acme_a, key_acme_b]}
   - {id: globex, plan: starter, keys: [key_globex]}
+  - {id: initech, plan: starter, keys: [key_initech]}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
