@@ -74,7 +74,6 @@ type Server struct {
 	codes    *codes
 	signIns  *limiter
 	pages    *template.Template
-	static   http.Handler
 	hasChart bool
 	csp      string
 }
@@ -95,8 +94,7 @@ func New(cfg Config, d Deps) *Server {
 		sessions: newSessions(cfg, d.Now),
 		codes:    &codes{byVal: map[string]portalCode{}, max: cfg.MaxSessions, now: d.Now},
 		signIns:  &limiter{per: cfg.SignInPerMinute, counts: map[string]int{}, now: d.Now},
-		pages:    template.Must(template.New("").Funcs(funcs).ParseFS(assets, "assets/templates/*.html")),
-		static:   http.StripPrefix("/ui/static/", http.FileServerFS(sub)),
+		pages:    template.Must(template.New("").Funcs(funcs).Funcs(template.FuncMap{"asset": assetURL}).ParseFS(assets, "assets/templates/*.html")),
 		hasChart: err == nil,
 	}
 	fa := "'none'"
@@ -121,11 +119,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ui/customers/{customer}/usage.csv", s.usageCSV)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}", s.customerPage)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}/usage.csv", s.usageCSV)
-	mux.Handle("GET /ui/static/", s.static)
+	mux.HandleFunc("GET /ui/static/", s.serveStatic)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
 	})
-	return s.headers(mux)
+	return s.headers(compress(mux))
 }
 
 // headers sets the security headers on every response.
