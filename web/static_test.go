@@ -65,8 +65,8 @@ func TestStaticAssets(t *testing.T) {
 	}
 	css := strings.Split(assetURL("meterline.css"), "/")[3]
 	for _, bad := range []string{
-		"/ui/static/0000000000000000/meterline.js",         // a wrong hash
-		"/ui/static/" + css + "/meterline.js",              // another file's hash
+		"/ui/static/0000000000000000/meterline.js", // a wrong hash
+		"/ui/static/" + css + "/meterline.js",      // another file's hash
 		"/ui/static/" + strings.ToUpper(js[11:27]) + "/meterline.js",
 		"/ui/static/nope.js",
 		"/ui/static/" + js[11:27] + "/nope.js",
