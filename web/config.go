@@ -31,8 +31,17 @@ type Config struct {
 	FrameAncestors []string `yaml:"frame_ancestors"`
 	// PublicURL is the address people reach Meterline at
 	// (https://meter.example.com), the base of portal links. Default: the
-	// scheme and Host of the request that asks for the link.
+	// scheme and Host of the request that asks for the link. An https://
+	// address makes cookies Secure and turns HSTS on even when Meterline
+	// itself serves plain HTTP behind a TLS-terminating proxy.
 	PublicURL string `yaml:"public_url"`
+	// TrustedProxies lists the proxies (CIDR prefixes or addresses, e.g.
+	// 10.0.0.0/8) whose X-Forwarded-For the sign-in rate limit believes: when
+	// the connection comes from one of them, the limit counts the rightmost
+	// address of X-Forwarded-For that is not itself a trusted proxy. From
+	// any other peer the header is ignored. Default: none (the connection's
+	// address is counted).
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // WithDefaults fills the unset settings.
@@ -78,6 +87,11 @@ func (c Config) Validate() error {
 		u, err := url.Parse(c.PublicURL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
 			errs = append(errs, fmt.Errorf("ui.public_url: %q is not an absolute http(s) URL", c.PublicURL))
+		}
+	}
+	for i, p := range c.TrustedProxies {
+		if _, err := parseProxy(p); err != nil {
+			errs = append(errs, fmt.Errorf("ui.trusted_proxies[%d]: %q is not a CIDR prefix or address such as 10.0.0.0/8", i, cut(p)))
 		}
 	}
 	return errors.Join(errs...)

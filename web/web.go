@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -82,9 +83,10 @@ type Server struct {
 	codes    *codes
 	signIns  *limiter
 	pages    *template.Template
-	static   http.Handler
 	hasChart bool
 	csp      string
+	secure   bool           // cookies Secure and HSTS: TLS here or at the proxy (ui.public_url https://)
+	proxies  []netip.Prefix // ui.trusted_proxies
 }
 
 // New builds the interface; cfg should have passed Validate.
@@ -103,9 +105,10 @@ func New(cfg Config, d Deps) *Server {
 		sessions: newSessions(cfg, d.Now),
 		codes:    &codes{byVal: map[string]portalCode{}, max: cfg.MaxSessions, now: d.Now},
 		signIns:  &limiter{per: cfg.SignInPerMinute, counts: map[string]int{}, now: d.Now},
-		pages:    template.Must(template.New("").Funcs(funcs).ParseFS(assets, "assets/templates/*.html")),
-		static:   http.StripPrefix("/ui/static/", http.FileServerFS(sub)),
+		pages:    template.Must(template.New("").Funcs(funcs).Funcs(template.FuncMap{"asset": assetURL}).ParseFS(assets, "assets/templates/*.html")),
 		hasChart: err == nil,
+		secure:   d.TLS || strings.HasPrefix(strings.ToLower(cfg.PublicURL), "https://"),
+		proxies:  parseProxies(cfg.TrustedProxies),
 	}
 	fa := "'none'"
 	if len(cfg.FrameAncestors) > 0 {
@@ -138,11 +141,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /ui/privacy/export", s.exportDownload)
 	mux.HandleFunc("POST /ui/privacy/erasures", s.requestErasure)
 	mux.HandleFunc("POST /ui/privacy/erasures/{id}/cancel", s.cancelErasure)
-	mux.Handle("GET /ui/static/", s.static)
+	mux.HandleFunc("GET /ui/static/", s.serveStatic)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
 	})
-	return s.headers(mux)
+	return s.headers(compress(mux))
 }
 
 // headers sets the security headers on every response.
@@ -156,7 +159,7 @@ func (s *Server) headers(next http.Handler) http.Handler {
 		h.Set("Referrer-Policy", "same-origin")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
-		if s.d.TLS {
+		if s.secure {
 			h.Set("Strict-Transport-Security", "max-age=31536000")
 		}
 		next.ServeHTTP(w, r)
@@ -164,7 +167,7 @@ func (s *Server) headers(next http.Handler) http.Handler {
 }
 
 func (s *Server) cookie(name, value string, maxAge int) *http.Cookie {
-	return &http.Cookie{Name: name, Value: value, Path: "/ui/", HttpOnly: true, Secure: s.d.TLS,
+	return &http.Cookie{Name: name, Value: value, Path: "/ui/", HttpOnly: true, Secure: s.secure,
 		SameSite: http.SameSiteStrictMode, MaxAge: maxAge}
 }
 
@@ -265,7 +268,7 @@ func (s *Server) form(w http.ResponseWriter, r *http.Request, fields ...string) 
 }
 
 func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
-	if !s.signIns.allow(clientIP(r)) {
+	if !s.signIns.allow(s.client(r)) {
 		w.Header().Set("Retry-After", "60")
 		s.fail(w, r, http.StatusTooManyRequests, "Too many sign-in attempts from this address; wait a minute.")
 		return
@@ -283,7 +286,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	tok := strings.TrimSpace(f.Get("token"))
 	p, ok := s.d.Tokens.Lookup(tok)
 	if tok == "" || len(tok) > 512 || !ok {
-		s.d.Log.Info("ui sign-in refused", "client", clientIP(r))
+		s.d.Log.Info("ui sign-in refused", "client", s.client(r))
 		s.renderSignIn(w, r, http.StatusUnauthorized, next, "That token is not valid (unknown or expired).")
 		return
 	}
@@ -292,7 +295,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.start(w, p)
-	s.d.Log.Info("ui sign-in", "token", p.Name, "client", clientIP(r))
+	s.d.Log.Info("ui sign-in", "token", p.Name, "client", s.client(r))
 	if next == "/ui/" {
 		next = landing(p)
 	}
@@ -326,7 +329,7 @@ func (s *Server) signOut(w http.ResponseWriter, r *http.Request) {
 
 // exchange turns a portal link's code into a session of its customer.
 func (s *Server) exchange(w http.ResponseWriter, r *http.Request) {
-	if !s.signIns.allow(clientIP(r)) {
+	if !s.signIns.allow(s.client(r)) {
 		w.Header().Set("Retry-After", "60")
 		s.fail(w, r, http.StatusTooManyRequests, "Too many attempts from this address; wait a minute.")
 		return
@@ -347,7 +350,7 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) {
 	}
 	p := auth.Principal{Name: "portal:" + cust, Scopes: []auth.Scope{auth.Scope(auth.CustomerScopePrefix + cust)}}
 	s.start(w, p)
-	s.d.Log.Info("ui portal session", "customer", cust, "client", clientIP(r))
+	s.d.Log.Info("ui portal session", "customer", cust, "client", s.client(r))
 	http.Redirect(w, r, "/ui/customers/"+url.PathEscape(cust), http.StatusSeeOther)
 }
 

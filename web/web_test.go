@@ -364,9 +364,9 @@ func TestChartLibrary(t *testing.T) {
 	if p.code != http.StatusOK || !strings.Contains(p.body, `data-testid="usage-table"`) {
 		t.Fatalf("customer page: %d\n%s", p.code, p.body)
 	}
-	js := b.get(t, "/ui/static/vendor/uplot/uPlot.iife.min.js")
+	js := b.get(t, assetURL("vendor/uplot/uPlot.iife.min.js"))
 	if f.ui.hasChart {
-		if !strings.Contains(p.body, `src="/ui/static/vendor/uplot/uPlot.iife.min.js"`) || js.code != http.StatusOK ||
+		if !strings.Contains(p.body, `src="`+assetURL("vendor/uplot/uPlot.iife.min.js")+`"`) || js.code != http.StatusOK ||
 			!strings.Contains(js.header.Get("Content-Type"), "javascript") {
 			t.Fatalf("uPlot embedded, yet the page does not load it or it is not served (%d %q)", js.code, js.header.Get("Content-Type"))
 		}
