@@ -33,7 +33,7 @@ func TestUIFinanceMatchesBillingReconcile(t *testing.T) {
 	dir := t.TempDir()
 	mapping := filepath.Join(dir, "billing.yaml")
 	if err := os.WriteFile(mapping, []byte(`plans:
-  - {plan: starter, mode: meter_events, event_name: api_units}
+  - {plan: starter, mode: meter_events, event_name: test-meter-event-name}
 customers:
   - {id: acme, stripe_customer_id: cus_acme}
   - {id: globex, stripe_customer_id: cus_globex}
@@ -102,7 +102,7 @@ customers:
 		}
 	}
 	text := pageText(t, tab)
-	for _, want := range []string{invoice, "12.34 usd", "acknowledged", "api_units"} {
+	for _, want := range []string{invoice, "12.34 usd", "acknowledged", "test-meter-event-name"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the finance page does not show %q:\n%s", want, text)
 		}
@@ -124,6 +124,21 @@ customers:
 			t.Errorf("%s CSV: %d\n%s", which, code, body)
 		}
 	}
+	// The same period compared with what Stripe holds (stripe-mock's
+	// meter, whose event name the mapping uses).
+	open(t, tab, s.base, "/ui/finance?period="+period+"&stripe=1", `[data-testid="reconciliation"]`)
+	noConsoleErrors(t, tab)
+	if got := pageText(t, tab); !strings.Contains(got, "in Stripe") || !strings.Contains(got, "Compared with what Stripe holds") {
+		t.Fatalf("the Stripe view does not say it reads Stripe:\n%s", got)
+	}
+	attr, err = chromedp.Run(tab.Ctx, chromedp.AttributeValue(chromedp.CSS(`#csv-reconciliation`), "href"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, downloadedStripe := fetchStatus(t, tab, http.MethodGet, attr.Value, "")
+	if code != http.StatusOK || !strings.Contains(attr.Value, "stripe=1") {
+		t.Fatalf("download %s: %d", attr.Value, code)
+	}
 	hour := time.Now().UTC().Truncate(time.Hour)
 
 	// The command reads the same store once the server has let it go.
@@ -140,7 +155,14 @@ customers:
 		t.Skip("an hour ended between the download and the command: the current window settled in between, so the two may differ")
 	}
 	if exit != 0 || stdout != downloaded {
-		t.Fatalf("billing reconcile --csv (exit %d, %s):\n%s\nthe page's CSV:\n%s", exit, stderr, stdout, downloaded)
+		t.Fatalf("billing reconcile --csv --ledger-only (exit %d, %s):\n%s\nthe page's CSV:\n%s", exit, stderr, stdout, downloaded)
+	}
+	// With Stripe: stripe-mock answers every meter summary with its own
+	// fixture, so the command may find drift (exit 1); its CSV is still
+	// what the page offered.
+	stdout, stderr, exit, _ = billingCLI(t, nil, "billing", "reconcile", "--config", s.cfg, "--period", period, "--csv")
+	if exit > 1 || stdout != downloadedStripe {
+		t.Fatalf("billing reconcile --csv (exit %d, %s):\n%s\nthe page's CSV with Stripe:\n%s", exit, stderr, stdout, downloadedStripe)
 	}
 }
 
