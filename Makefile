@@ -1,7 +1,6 @@
 # The README's commands. Everything they need is installed into .cache/
 # (git-ignored) from the package registries on first use.
 SHELL := /bin/bash
-export CHDB_LIB_PATH ?= $(CURDIR)/.cache/chdb/26.5.3/libchdb.so
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)

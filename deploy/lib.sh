@@ -9,7 +9,9 @@ METERLINE_RUN="${METERLINE_RUN:-$REPO_DIR/.run}"
 # Pinned versions. Kafka 3.9 is the last line that still accepts the oldest
 # Produce versions (v0-v2) that some gateway producers speak; see README.
 KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
-CHDB_NPM_VERSION="${CHDB_NPM_VERSION:-26.5.3}"
+# libchdb's version lives in store/chdb.version, read by the Go code too
+# (the binary looks for the library where this installs it).
+CHDB_NPM_VERSION="${CHDB_NPM_VERSION:-$(<"$REPO_DIR/store/chdb.version")}"
 STRIPE_MOCK_VERSION="${STRIPE_MOCK_VERSION:-v0.190.0}"
 
 KAFKA_LIBS="$METERLINE_CACHE/kafka/$KAFKA_VERSION/libs"

@@ -5,7 +5,6 @@ package store
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -44,32 +43,17 @@ var (
 	libErr    error
 )
 
-// libraryPath mirrors chdb-go's lookup so that the documented CHDB_LIB_PATH
-// variable and the /usr/local/lib install location keep working.
-func libraryPath() string {
-	if p := os.Getenv("CHDB_LIB_PATH"); p != "" {
-		return p
-	}
-	for _, p := range []string{"/usr/local/lib/libchdb.so", "/opt/homebrew/lib/libchdb.dylib"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if runtime.GOOS == "darwin" {
-		return "libchdb.dylib"
-	}
-	return "libchdb.so" // let the dynamic loader search its path
-}
-
 // loadLib loads libchdb once per process. Loading runs the library's static
 // initialisers, which may touch signal handlers too, so the caller wraps it
 // in the same save/restore as the first connect.
 func loadLib() (*chdbLib, error) {
 	libOnce.Do(func() {
-		path := libraryPath()
+		search := processLibSearch()
+		found := search.find()
+		path := found.path
 		h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
 		if err != nil {
-			libErr = fmt.Errorf("%w: load embedded ClickHouse library %q (set CHDB_LIB_PATH): %v", ErrUnavailable, path, err)
+			libErr = search.notFound(found, err)
 			return
 		}
 		l := &chdbLib{}

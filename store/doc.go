@@ -15,7 +15,10 @@
 // # Embedded engine: what callers must know
 //
 //   - libchdb is loaded lazily by this package (through purego, no cgo)
-//     from CHDB_LIB_PATH, /usr/local/lib/libchdb.so or the loader path.
+//     from CHDB_LIB_PATH when set, else from where deploy/install.sh puts
+//     it ($METERLINE_CACHE/chdb/<version>/, the repository's .cache next
+//     to the executable's directory), else from the system library path;
+//     the version is pinned in chdb.version, which deploy/lib.sh reads too.
 //     We do not import chdb-go's chdb-purego package: its init panics when
 //     the library is missing, which would crash every binary and test that
 //     imports store, even with a server configured.
