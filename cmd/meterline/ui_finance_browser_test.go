@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/csv"
 	"fmt"
 	"net/http"
 	"os"
@@ -158,25 +159,37 @@ customers:
 		t.Fatalf("billing reconcile --csv --ledger-only (exit %d, %s):\n%s\nthe page's CSV:\n%s", exit, stderr, stdout, downloaded)
 	}
 	// With Stripe: stripe-mock answers every meter summary with its own
-	// fixture, so the command may find drift (exit 1); its CSV is still
-	// what the page offered.
+	// fixture, so the command finds drift (exit 1). The units are the
+	// page's; the reasons are not compared, as whether an acknowledgement
+	// is "recent" (and so not yet expected in Stripe's summaries) depends
+	// on when each read ran.
 	stdout, stderr, exit, _ = billingCLI(t, nil, "billing", "reconcile", "--config", s.cfg, "--period", period, "--csv")
-	if exit > 1 || stdout != downloadedStripe {
-		t.Fatalf("billing reconcile --csv (exit %d, %s):\n%s\nthe page's CSV with Stripe:\n%s", exit, stderr, stdout, downloadedStripe)
+	if exit > 1 {
+		t.Fatalf("billing reconcile --csv: exit %d, %s", exit, stderr)
+	}
+	units := []string{"rollup_units", "reported_units", "acknowledged_units", "unbillable_units", "difference", "stripe_units"}
+	for _, cust := range []string{"acme", "globex"} {
+		cmd, page := csvLine(stdout, cust), csvLine(downloadedStripe, cust)
+		for _, col := range units {
+			if cmd[col] == "" || cmd[col] != page[col] {
+				t.Errorf("%s %s: billing reconcile --csv says %q, the page's CSV with Stripe %q", cust, col, cmd[col], page[col])
+			}
+		}
 	}
 }
 
 // csvLine returns the CSV line of a customer as column name to value.
 func csvLine(body, customer string) map[string]string {
-	lines := strings.Split(strings.TrimSpace(body), "\n")
-	head := strings.Split(lines[0], ",")
-	for _, l := range lines[1:] {
-		cells := strings.Split(l, ",")
-		if len(cells) >= 2 && cells[1] == customer {
+	rows, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if err != nil || len(rows) == 0 {
+		return nil
+	}
+	for _, r := range rows[1:] {
+		if len(r) >= 2 && r[1] == customer {
 			m := map[string]string{}
-			for i, h := range head {
-				if i < len(cells) {
-					m[h] = cells[i]
+			for i, h := range rows[0] {
+				if i < len(r) {
+					m[h] = r[i]
 				}
 			}
 			return m
