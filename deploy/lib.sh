@@ -7,7 +7,7 @@ METERLINE_CACHE="${METERLINE_CACHE:-$REPO_DIR/.cache}"
 METERLINE_RUN="${METERLINE_RUN:-$REPO_DIR/.run}"
 
 # Pinned versions. Kafka 3.9 is the last line that still accepts the oldest
-# Produce versions (v0-v2) that some gateway producers speak; see README.
+# Produce versions (v0-v2) that some gateway producers speak; see docs/kafka.md.
 KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
 CHDB_NPM_VERSION="${CHDB_NPM_VERSION:-26.5.3}"
 STRIPE_MOCK_VERSION="${STRIPE_MOCK_VERSION:-v0.190.0}"

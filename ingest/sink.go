@@ -145,7 +145,7 @@ func measure[T float64 | uint64](e *schemas.Event, m schemas.Measures, v T) any 
 	return v
 }
 
-// Dead-letter headers: a public contract, documented in the README.
+// Dead-letter headers: a public contract, documented in docs/kafka.md.
 const (
 	HeaderError       = "meterline-error"
 	HeaderSource      = "meterline-source"

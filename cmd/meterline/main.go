@@ -51,7 +51,7 @@ Commands:
 	fmt.Fprintf(w, `
 Run 'meterline <command> -h' for a command's flags.
 Configuration: a YAML file (--config), then METERLINE_* environment variables,
-then flags; see README.md for every setting and its default.
+then flags; see docs/configuration.md for every setting and its default.
 `)
 }
 
