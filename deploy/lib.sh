@@ -7,7 +7,7 @@ METERLINE_CACHE="${METERLINE_CACHE:-$REPO_DIR/.cache}"
 METERLINE_RUN="${METERLINE_RUN:-$REPO_DIR/.run}"
 
 # Pinned versions. Kafka 3.9 is the last line that still accepts the oldest
-# Produce versions (v0-v2) that some gateway producers speak; see README.
+# Produce versions (v0-v2) that some gateway producers speak; see docs/kafka.md.
 KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
 # libchdb's version lives in store/chdb.version, read by the Go code too
 # (the binary looks for the library where this installs it).

@@ -52,7 +52,7 @@ func countCustomer(b *testing.B, db store.Conn, cust string) uint64 {
 // BenchmarkPipelineHTTPToStored measures events/s from POST /v1/events
 // (1,000-event batches, 4 concurrent clients) through Kafka and the sink
 // until the rows are in the embedded engine's raw table. Run with a fixed
-// count, e.g. -benchtime=200000x (see README, "Performance").
+// count, e.g. -benchtime=200000x (see docs/performance.md).
 func BenchmarkPipelineHTTPToStored(b *testing.B) {
 	db := requireDB(b)
 	brokers := testenv.KafkaBrokers(b)

@@ -22,6 +22,10 @@ import (
 // KafkaConfig is how Meterline reaches Kafka. The defaults suit the local
 // single-broker stack that `make run` starts.
 type KafkaConfig struct {
+	// dial, when set, opens the connections of Dialer's dialers instead of
+	// the network (tests put a proxy there).
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+
 	// Brokers are the bootstrap addresses. Default ["127.0.0.1:9092"].
 	Brokers []string `yaml:"brokers"`
 	// Topic carries one v1 request event per message, keyed by api_key_id.
@@ -197,6 +201,7 @@ func (c KafkaConfig) Dialer() (*kafka.Dialer, error) {
 		DualStack:     true,
 		TLS:           tlsCfg,
 		SASLMechanism: mech,
+		DialFunc:      c.dial,
 	}, nil
 }
 

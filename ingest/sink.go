@@ -37,8 +37,12 @@ type SinkConfig struct {
 	RetryMax time.Duration `yaml:"retry_max"`
 	// SessionTimeout is how long the group waits for a silent sink before
 	// giving its partitions to another; after a crash, consumption resumes
-	// within this time. The broker's bounds apply (6s-30m by default).
-	// Default 30s.
+	// within this time. It is also the rebalance timeout: how long a
+	// rebalance waits for a member to rejoin. The sink heartbeats every
+	// third of it, at most every 3s. The broker's bounds apply
+	// (group.min.session.timeout.ms and group.max.session.timeout.ms, 6s-30m
+	// by default); a value outside them keeps the sink from joining the
+	// group. Default 30s.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// ShutdownTimeout bounds the final flush when the process is asked to stop.
 	// Default 30s.
@@ -145,7 +149,7 @@ func measure[T float64 | uint64](e *schemas.Event, m schemas.Measures, v T) any 
 	return v
 }
 
-// Dead-letter headers: a public contract, documented in the README.
+// Dead-letter headers: a public contract, documented in docs/kafka.md.
 const (
 	HeaderError       = "meterline-error"
 	HeaderSource      = "meterline-source"
@@ -224,8 +228,8 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		MaxWait:               250 * time.Millisecond,
 		CommitInterval:        0, // synchronous: offsets move only after the insert
 		StartOffset:           kafka.FirstOffset,
-		HeartbeatInterval:     3 * time.Second,
-		SessionTimeout:        30 * time.Second,
+		HeartbeatInterval:     min(3*time.Second, cfg.SessionTimeout/3),
+		SessionTimeout:        cfg.SessionTimeout,
 		RebalanceTimeout:      cfg.SessionTimeout, // a dead member holds up a rebalance this long
 		ReadBackoffMin:        100 * time.Millisecond,
 		ReadBackoffMax:        2 * time.Second,

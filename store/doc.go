@@ -48,12 +48,16 @@
 //     started has happened, and returns nil.
 //   - Query results are materialised whole by the engine (JSON, one row per
 //     line, then parsed lazily): bound large results with LIMIT.
-//   - Inserts are sent inline as JSONCompactEachRow, whose escaping keeps
-//     the data free of the blank lines and NUL bytes at which inline data
-//     ends. Each insert costs ~15 ms fixed, so batch 10k+ rows. Map values
-//     are written with sorted keys (both engines): ClickHouse keeps a Map's
-//     order, and a retried batch must be byte-identical for
-//     insert_deduplication_token to recognise it.
+//   - Inserts are written as a file in ClickHouse's Native format (columns
+//     in binary; in /dev/shm where it exists) and read with INSERT ... FROM
+//     INFILE ... FORMAT Native, since binary data cannot be inlined (inline
+//     data ends at the first blank line and NUL byte). A column type or a
+//     value the Native encoder cannot write makes the insert fall back to
+//     inline JSONCompactEachRow, whose escaping keeps the data free of
+//     both. Each insert costs ~15 ms fixed, so batch 10k+ rows. Map values
+//     are written with sorted keys (both engines and both formats):
+//     ClickHouse keeps a Map's order, and a retried batch must be
+//     byte-identical for insert_deduplication_token to recognise it.
 //   - A query string holding two statements runs both on the embedded
 //     engine (the server refuses it): pass one statement per call, and
 //     never build statements from input.

@@ -417,10 +417,12 @@ func (c *embeddedConn) Query(ctx context.Context, query string, params ...Param)
 	return rows, nil
 }
 
-// Insert implements Conn. Rows are sent inline as JSONCompactEachRow: JSON
-// escapes newlines and NULs inside strings, so the inline data can never
-// contain the blank line or NUL byte at which libchdb stops reading it.
-// Like Exec, a started insert is not interrupted by ctx.
+// Insert implements Conn. Rows go to the engine as a Native file
+// (insertNative) when every column has a Native encoder; otherwise they are
+// sent inline as JSONCompactEachRow: JSON escapes newlines and NULs inside
+// strings, so the inline data can never contain the blank line or NUL byte
+// at which libchdb stops reading it. Like Exec, a started insert is not
+// interrupted by ctx.
 func (c *embeddedConn) Insert(ctx context.Context, table string, columns []string, rows [][]any, opts InsertOptions) error {
 	if len(rows) == 0 {
 		return nil

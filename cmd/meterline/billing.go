@@ -38,7 +38,7 @@ const envCrashAfter5xx = "METERLINE_TEST_BILLING_CRASH_AFTER_5XX"
 // the catalogue: it gives each customer's plan.
 func loadBilling(cfg *Config) (*billing.Mapping, *limits.Catalogue, error) {
 	if cfg.Billing.MappingFile == "" {
-		return nil, nil, errors.New("billing.mapping_file is not set: it says which Stripe customer, meter or subscription item each customer's usage goes to (see README, Billing)")
+		return nil, nil, errors.New("billing.mapping_file is not set: it says which Stripe customer, meter or subscription item each customer's usage goes to (see docs/billing.md)")
 	}
 	if cfg.Limits.CatalogueFile == "" {
 		return nil, nil, errors.New("billing needs limits.catalogue_file: the plan catalogue gives each customer's plan")

@@ -51,7 +51,7 @@ Commands:
 	fmt.Fprintf(w, `
 Run 'meterline <command> -h' for a command's flags.
 Configuration: a YAML file (--config), then METERLINE_* environment variables,
-then flags; see README.md for every setting and its default.
+then flags; see docs/configuration.md for every setting and its default.
 `)
 }
 
@@ -168,7 +168,6 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags; a bad flag prints usage and returns errUsage.
 // noArgs refuses positional arguments after the flags, with the usage.
 func noArgs(fs *flag.FlagSet, stderr io.Writer) error {
 	if fs.NArg() > 0 {
@@ -179,6 +178,9 @@ func noArgs(fs *flag.FlagSet, stderr io.Writer) error {
 	return nil
 }
 
+// parse parses args into fs. The flag package prints a bad flag's error and
+// the usage itself; parse then returns errUsage. For -h and -help it returns
+// flag.ErrHelp (the usage printed), which callers treat as success.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
