@@ -5,13 +5,16 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: run test bench build install vet fmt lint clean stop help
+.PHONY: run demo test bench build install vet clean stop help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 run: ## install what is missing, start Kafka and run `meterline serve` (Ctrl-C stops all)
 	@deploy/run.sh
+
+demo: ## with `make run` going: realistic traffic for the dev customers, their usage alerts printed (ARGS="..." for `meterline demo`)
+	@deploy/demo.sh $(ARGS)
 
 test: ## install what is missing, start the shared servers, run every test
 	@deploy/test.sh
@@ -29,9 +32,9 @@ vet: ## go vet and gofmt check
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l . | grep -v '^.cache/')" || { gofmt -l . | grep -v '^.cache/'; echo 'gofmt needed'; exit 1; }
 
-stop: ## stop a Kafka broker left running by `make run`
-	deploy/kafka.sh stop
+stop: ## stop everything `make run` and `make demo` started (the demo, meterline, stripe-mock, Kafka); safe to repeat
+	@deploy/stop.sh
 
-clean: ## remove local run state (.run/) and bin/; keeps the download cache
-	deploy/kafka.sh stop || true
+clean: ## stop what runs, remove local run state (.run/) and bin/; keeps the download cache
+	deploy/stop.sh || true
 	rm -rf .run bin

@@ -25,6 +25,7 @@ fi
 METERLINE_BILLING_STRIPE_API_URL="$("$DEPLOY_DIR/stripe-mock.sh" start)"
 export METERLINE_BILLING_STRIPE_API_URL
 cleanup() {
+	rm -f "$METERLINE_RUN/meterline.pid"
 	if [[ $started_kafka == 1 ]]; then "$DEPLOY_DIR/kafka.sh" stop; fi
 	if [[ $started_stripe_mock == 1 ]]; then "$DEPLOY_DIR/stripe-mock.sh" stop; fi
 }
@@ -46,11 +47,15 @@ cat >&2 <<MSG
     curl -sS 'http://127.0.0.1:8080/v1/events/stored?api_key_id=key_demo' -H 'Authorization: Bearer ml_dev_admin'
 
   Web interface: http://127.0.0.1:8080/ui/  (sign in with the dev admin token ml_dev_admin)
-  Metrics: http://127.0.0.1:8080/metrics     Stop: Ctrl-C
+  Metrics: http://127.0.0.1:8080/metrics     Stop: Ctrl-C, or "make stop" from another terminal
+  Demo traffic (two customers, a usage alert, reports to Stripe): "make demo" in another terminal
 
 MSG
 bin/meterline serve --config "$config" "$@" &
 pid=$!
+# `make stop` (deploy/stop.sh) finds it here.
+mkdir -p "$METERLINE_RUN"
+echo "$pid" >"$METERLINE_RUN/meterline.pid"
 trap 'kill -TERM $pid 2>/dev/null || true' INT TERM
 status=0
 wait $pid || status=$?

@@ -34,7 +34,13 @@ start)
 	cat "$dir/url"
 	;;
 stop)
-	if running; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+	if running; then
+		pid="$(cat "$pidfile")"
+		log "stopping stripe-mock (pid $pid)"
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
 	rm -f "$pidfile"
 	;;
 *) die "usage: deploy/stripe-mock.sh start|stop [--dir DIR] [--port PORT]" ;;

@@ -301,7 +301,7 @@ const EnvPrefix = "METERLINE_"
 
 // envIgnored are METERLINE_ variables that belong to scripts and tests, not
 // to the configuration.
-var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG", "METERLINE_URL", "METERLINE_TOKEN"}
+var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG", "METERLINE_URL", "METERLINE_TOKEN", "METERLINE_INGEST_TOKEN"}
 
 // loadConfig reads the file (if any), then the environment, and fills defaults.
 func loadConfig(path string, environ []string) (*Config, error) {

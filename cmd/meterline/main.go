@@ -30,6 +30,7 @@ func commands() []command {
 		{"usage", "print a customer's or key's usage from a running server", runUsage},
 		{"privacy", "privacy: retention, export, erasure and account deletion of a customer's data", runPrivacy},
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
+		{"demo", "send realistic traffic for the development customers to a running Meterline and print its alerts", runDemo},
 		{"dlq", "dead-letter topic: list, show and replay its messages after a fix", runDLQ},
 		{"token", "create an API token and print its configuration entry", runToken},
 		{"config", "validate the configuration and print the effective settings", runConfig},
