@@ -321,9 +321,11 @@ func selectList(t Table, format string) string {
 }
 
 // exportSettings make the rows readable and exact: RFC 3339 times, numbers
-// as JSON numbers.
+// as JSON numbers, routes with their slashes as they are ("/v1/pets", not
+// "\/v1\/pets": JSON allows both, people read the first).
 const exportSettings = ` SETTINGS date_time_output_format = 'iso', output_format_json_quote_64bit_integers = 0,
- output_format_json_quote_decimals = 0, output_format_decimal_trailing_zeros = 0`
+ output_format_json_quote_decimals = 0, output_format_decimal_trailing_zeros = 0,
+ output_format_json_escape_forward_slashes = 0`
 
 // readSlice calls emit for every row of one slice, in time order.
 func (e *Export) readSlice(ctx context.Context, t Table, sl slice, format string, emit func(string) error) (uint64, error) {

@@ -219,7 +219,7 @@ func runBilling(args []string, stdout, stderr io.Writer) error {
 func runBillingRun(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("billing run", "billing run [--config FILE] [--once]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	once := fs.Bool("once", false, "report once and exit (default: every billing.interval until interrupted)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -265,7 +265,7 @@ func runBillingRun(args []string, stdout, stderr io.Writer) error {
 func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("billing reconcile", "billing reconcile [--config FILE] --period YYYY-MM [--csv] [--output FILE] [--ledger-only]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	periodFlag := fs.String("period", "", "billing `period` (calendar month, UTC), e.g. 2026-11; required")
 	asCSV := fs.Bool("csv", false, "write CSV (for finance) instead of a table")
 	output := fs.String("output", "", "write to this `file` instead of standard output")
@@ -350,7 +350,7 @@ func runBillingReconcile(args []string, stdout, stderr io.Writer) error {
 func runBillingSync(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("billing sync", "billing sync [--config FILE] [--write]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	write := fs.Bool("write", false, "rewrite billing.mapping_file (comments are not kept) instead of printing the new mapping")
 	if err := parse(fs, args); err != nil {
 		return err

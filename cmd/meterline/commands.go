@@ -23,7 +23,7 @@ import (
 func runMigrate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("migrate", "migrate [--config FILE] [--status]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	status := fs.Bool("status", false, "list the migrations and whether each is applied, change nothing")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -72,7 +72,13 @@ func openForCommand(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Co
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	log := newLogger(cfg, stderr)
+	lc := *cfg
+	if cf.logLevel == "" && os.Getenv(EnvPrefix+"LOG_LEVEL") == "" && lc.Log.Level == "info" {
+		// A one-shot command prints its answer; the engine's start-up and
+		// the like are noise there unless asked for.
+		lc.Log.Level = "warn"
+	}
+	log := newLogger(&lc, stderr)
 	sc, err := storeConfig(cfg)
 	if err != nil {
 		return nil, nil, nil, err
@@ -90,7 +96,7 @@ func openForCommand(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Co
 func runSQL(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sql", `sql [--config FILE] "SELECT ..."`, stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -115,7 +115,7 @@ func openDLQScan(ctx context.Context, cf *commonFlags, ff *dlqFilterFlags, stder
 func runDLQList(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dlq list", "dlq list [--config FILE] [--partition N [--from OFFSET] [--to OFFSET]] [--class CLASS] [--reason TEXT] [--limit N]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsKafka)
 	var ff dlqFilterFlags
 	ff.register(fs)
 	limit := fs.Int("limit", 0, "list at most `n` dead letters (0: all)")
@@ -184,7 +184,7 @@ func parsePosition(s string) (int, int64, error) {
 func runDLQShow(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dlq show", "dlq show [--config FILE] PARTITION/OFFSET", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsKafka)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func printable(b []byte) string {
 func runDLQReplay(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dlq replay", "dlq replay [--config FILE] (--all | [--partition N [--from OFFSET] [--to OFFSET]] [--class CLASS] [--reason TEXT]) [--dry-run] [--quiet]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsKafka)
 	var ff dlqFilterFlags
 	ff.register(fs)
 	all := fs.Bool("all", false, "replay every dead letter")

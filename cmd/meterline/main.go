@@ -65,6 +65,10 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	switch {
+	case len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "-v"):
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -103,12 +107,32 @@ type commonFlags struct {
 	logLevel       string
 }
 
-func (f *commonFlags) register(fs *flag.FlagSet) {
+// Which of the common flags a command takes, besides --config and
+// --log-level: only those that change what it does.
+const (
+	flagsHTTP  = 1 << iota // --http-addr
+	flagsKafka             // --kafka-brokers
+	flagsStore             // --clickhouse-addr, --data-dir
+	flagsAll   = flagsHTTP | flagsKafka | flagsStore
+)
+
+// register adds every common flag (commands that run the whole pipeline).
+func (f *commonFlags) register(fs *flag.FlagSet) { f.registerFor(fs, flagsAll) }
+
+// registerFor adds --config, --log-level and the common flags named by
+// which.
+func (f *commonFlags) registerFor(fs *flag.FlagSet, which int) {
 	fs.StringVar(&f.config, "config", os.Getenv("METERLINE_CONFIG"), "YAML configuration `file` (env METERLINE_CONFIG)")
-	fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen `address` (overrides http.addr; default 127.0.0.1:8080)")
-	fs.StringVar(&f.kafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap `addresses` (overrides kafka.brokers)")
-	fs.StringVar(&f.clickhouseAddr, "clickhouse-addr", "", "comma-separated ClickHouse server `addresses`; empty uses the embedded engine")
-	fs.StringVar(&f.dataDir, "data-dir", "", "embedded engine data `directory` (overrides clickhouse.data_dir)")
+	if which&flagsHTTP != 0 {
+		fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen `address` (overrides http.addr; default 127.0.0.1:8080)")
+	}
+	if which&flagsKafka != 0 {
+		fs.StringVar(&f.kafkaBrokers, "kafka-brokers", "", "comma-separated Kafka bootstrap `addresses` (overrides kafka.brokers)")
+	}
+	if which&flagsStore != 0 {
+		fs.StringVar(&f.clickhouseAddr, "clickhouse-addr", "", "comma-separated ClickHouse server `addresses`; empty uses the embedded engine")
+		fs.StringVar(&f.dataDir, "data-dir", "", "embedded engine data `directory` (overrides clickhouse.data_dir)")
+	}
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
 }
 

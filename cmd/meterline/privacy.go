@@ -67,7 +67,7 @@ func runPrivacy(args []string, stdout, stderr io.Writer) error {
 func runPrivacyRetention(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy retention", "privacy retention [--config FILE]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func keyOwners(registry *limits.Registry) func(string) []string {
 func runPrivacyExport(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy export", "privacy export --customer ID [--api-key ID] [--format ndjson|zip] [--out FILE] [flags]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	var rf remoteFlags
 	rf.register(fs)
 	customer := fs.String("customer", "", "customer `id` whose data to export")
@@ -273,7 +273,13 @@ func runPrivacyExport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	printCounts(stderr, "ROWS", res.Rows)
+	if res.Rows == nil {
+		// A zip read through the API: its rows are counted in its
+		// summary.json, not here.
+		fmt.Fprintf(stderr, "received %d bytes of zip (the row counts are in its summary.json)\n", res.Total)
+	} else {
+		printCounts(stderr, "ROWS", res.Rows)
+	}
 	if *out != "-" {
 		fmt.Fprintf(stderr, "wrote %s (%s)\n", *out, f)
 	}
@@ -332,7 +338,7 @@ func remoteExport(ctx context.Context, rf *remoteFlags, s privacy.Subject, f pri
 		p.StartBytes()
 		n, err := io.Copy(w, io.TeeReader(resp.Body, p.Writer()))
 		p.Finish()
-		res.Rows["bytes"] = uint64(n)
+		res.Rows, res.Total = nil, uint64(n)
 		return res, err
 	}
 	p.Start(planned)
@@ -426,7 +432,7 @@ func printCounts(w io.Writer, head string, m map[string]uint64) {
 func runPrivacyErase(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy erase", "privacy erase --customer ID --yes [--account-deleted] [--reason TEXT] [flags]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	var rf remoteFlags
 	rf.register(fs)
 	customer := fs.String("customer", "", "customer `id` whose data to erase")
@@ -538,7 +544,7 @@ func printErasure(w io.Writer, e privacy.Erasure) {
 func runPrivacyErasures(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy erasures", "privacy erasures [--customer ID | --id ID] [flags]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	var rf remoteFlags
 	rf.register(fs)
 	customer := fs.String("customer", "", "only this customer's requests")
@@ -612,7 +618,7 @@ func runPrivacyErasures(args []string, stdout, stderr io.Writer) error {
 func runPrivacyCancel(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy cancel", "privacy cancel [flags] ID", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	var rf remoteFlags
 	rf.register(fs)
 	by := fs.String("by", "", "who cancels, for the audit trail (default cli:<OS user>)")
@@ -653,7 +659,7 @@ func runPrivacyCancel(args []string, stdout, stderr io.Writer) error {
 func runPrivacyRunDue(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("privacy run-due", "privacy run-due [flags]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	if err := parse(fs, args); err != nil {
 		return err
 	}

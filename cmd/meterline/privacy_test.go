@@ -155,6 +155,13 @@ limits:
 	if !strings.Contains(stderr, "events") || !strings.Contains(stderr, "40") {
 		t.Fatalf("remote export did not print the counts: %s", stderr)
 	}
+	// A zip through the API: its size, not a ROWS table of bytes.
+	remoteZip := filepath.Join(dir, "subject.zip")
+	_, stderr, code = runCLI(t, "privacy", "export", "--url", url, "--token", e2eAdminToken, "--customer", subject, "--out", remoteZip)
+	if st, err := os.Stat(remoteZip); code != 0 || err != nil || strings.Contains(stderr, "ROWS") ||
+		!strings.Contains(stderr, fmt.Sprintf("received %d bytes of zip", st.Size())) {
+		t.Fatalf("remote zip export: exit %d: %s", code, stderr)
+	}
 
 	stdout, stderr, code := runCLI(t, "privacy", "erase", "--url", url, "--token", e2eAdminToken, "--customer", subject, "--reason", "ticket 1", "--yes")
 	if code != 0 || !strings.Contains(stdout, ": done") || !strings.Contains(stdout, "events") {
