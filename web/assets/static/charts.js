@@ -250,7 +250,7 @@
           tzDate: tzDate(el),
           scales: { x: { time: true, range: function () { return [lo, hi]; } },
             y: { range: function (uu, mn, mx) { return [0, mx > 0 ? mx * 1.1 : 1]; } } },
-          series: [{}, line("p50", OI.blue), line("p95", OI.orange, [8, 4]), line("p99", OI.vermillion, [2, 3])],
+          series: [{}, line("p50", OI.blue), line("p95", OI.orange, [8, 4]), line("p99", OI.purple, [2, 3])],
           axes: [{}, { label: "ms" }]
         }), data, el);
       },
@@ -342,10 +342,10 @@
     poll();
   }
 
-  function start(el) {
+  // load reads a chart's CSV and draws it; errors show in the chart.
+  function load(el, chart) {
     var kind = el.dataset.kind;
-    var chart = kind === "status" ? statusChart(el) : latencyChart(el);
-    getText(el.dataset.csv).then(function (body) {
+    return getText(el.dataset.csv).then(function (body) {
       var recs = parseCSV(body);
       if (kind === "status") {
         chart.update(recs.map(function (r) {
@@ -356,16 +356,22 @@
       }
     }).catch(function (e) {
       message(el, "error", "The chart's data could not be loaded: " + e.message, kind + "-error");
-    }).then(function () {
-      if (kind === "status" && el.dataset.live) { live(el, chart); }
     });
-    return chart;
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     if (typeof uPlot === "undefined") { return; }
-    var charts = [];
-    document.querySelectorAll(".chart[data-kind][data-csv]").forEach(function (el) { charts.push(start(el)); });
+    // The charts load one after the other, then live mode starts: a page
+    // holds at most one of its principal's concurrent reads
+    // (api.token_concurrency), so another page or tab is not refused.
+    var charts = [], chain = Promise.resolve(), liveEl = null, liveChart = null;
+    document.querySelectorAll(".chart[data-kind][data-csv]").forEach(function (el) {
+      var chart = el.dataset.kind === "status" ? statusChart(el) : latencyChart(el);
+      charts.push(chart);
+      chain = chain.then(function () { return load(el, chart); });
+      if (el.dataset.kind === "status" && el.dataset.live) { liveEl = el; liveChart = chart; }
+    });
+    chain.then(function () { if (liveEl) { live(liveEl, liveChart); } });
     var pending = false;
     window.addEventListener("resize", function () {
       if (pending) { return; }
