@@ -414,11 +414,18 @@ func viewport(t *testing.T, tab *testenv.Tab, w, h int64) {
 	}
 }
 
-// fullPage makes the viewport as tall as the page (at most 3000 px), so a
-// screenshot shows all of it, and waits until the charts have been
-// redrawn at that size.
+// fullPage waits until every chart has loaded, makes the viewport as tall
+// as the page (at most 3000 px), so a screenshot shows all of it, and
+// waits until the charts have been redrawn at that size.
 func fullPage(t *testing.T, tab *testenv.Tab, w int64) {
 	t.Helper()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		n, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[int](`document.querySelectorAll('.chart .loading').length`))
+		if err != nil || n != 0 {
+			return fmt.Errorf("%d charts still loading (%v)", n, err)
+		}
+		return nil
+	})
 	h, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[int64](`document.documentElement.scrollHeight`))
 	if err != nil {
 		t.Fatal(err)
