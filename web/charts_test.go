@@ -158,6 +158,8 @@ func TestLiveScope(t *testing.T) {
 			"/ui/customers/" + f.globex + "/live.json?range=1h&live=1",
 			"/ui/customers/" + f.globex + "?live=1",
 			"/ui/customers/" + url.PathEscape(strings.Repeat("g", 129)) + "/live.json",
+			"/ui/customers/" + f.acme + "/keys/" + url.PathEscape("<script>alert(1)</script>") + "/live.json",
+			"/ui/customers/" + url.PathEscape(f.acme+"' OR 1=1 --") + "/live.json",
 		} {
 			a := b.get(t, path)
 			if a.code != http.StatusNotFound {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
@@ -565,5 +566,97 @@ func waitText(t *testing.T, tab *testenv.Tab, id, text string) {
 			return fmt.Errorf("%s shows %q, want %q (%v)", id, got, text, err)
 		}
 		return nil
+	})
+}
+
+// TestUIChartLoadingAndErrorStates holds and fails the page's data
+// requests in the browser (Chrome's request interception stands in for a
+// failing server; the server itself is the real one): a held chart says it
+// is loading, a failed one names the HTTP status, and a failed live update
+// shows as an error until the next one succeeds.
+func TestUIChartLoadingAndErrorStates(t *testing.T) {
+	s := startUIStack(t, "")
+	tab := testenv.Browser(t)
+	signIn(t, tab, s.base, e2eAdminToken)
+	if !hasChartLibrary(t, tab) {
+		t.Skip("the chart library is not installed (deploy/install.sh uplot)")
+	}
+	paused := make(chan *fetch.EventRequestPaused, 64)
+	if err := chromedp.Listen(tab.Ctx, func(ev any) {
+		if p, ok := ev.(*fetch.EventRequestPaused); ok {
+			select {
+			case paused <- p:
+			default:
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(f func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error)) {
+		t.Helper()
+		if _, err := chromedp.Run(tab.Ctx, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	call(func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error) {
+		return cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: "*/usage.csv?*"}, {URLPattern: "*/live.json?*"}}})
+	})
+	next := func(want string) *fetch.EventRequestPaused {
+		t.Helper()
+		select {
+		case p := <-paused:
+			if !strings.Contains(p.Request.URL, want) {
+				t.Fatalf("held request %s, want one of %s", p.Request.URL, want)
+			}
+			return p
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no request for %s within 30s", want)
+		}
+		return nil
+	}
+	pass := func(p *fetch.EventRequestPaused) {
+		call(func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error) {
+			return cdp.Call(ctx, tg, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: p.RequestID})
+		})
+	}
+	fail := func(p *fetch.EventRequestPaused, code int64) {
+		call(func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error) {
+			return cdp.Call(ctx, tg, fetch.FulfillRequest, fetch.FulfillRequestParams{RequestID: p.RequestID, ResponseCode: code,
+				ResponseHeaders: []*fetch.HeaderEntry{{Name: "Content-Type", Value: "application/json"}},
+				Body:            []byte(`{"error":"the store is unavailable"}`)})
+		})
+	}
+
+	open(t, tab, s.base, "/ui/customers/acme", "main")
+	pass(next("group_by=status_class"))
+	lat := next("usage.csv")
+	if err := chromedp.Do(tab.Ctx, chromedp.WaitVisible(chromedp.CSS(`.chart[data-kind="status"] canvas`))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := chromedp.Run(tab.Ctx, chromedp.Text(chromedp.CSS(`.chart[data-kind="latency"] .loading`))); err != nil || !strings.Contains(got, "Loading") {
+		t.Fatalf("held latency chart shows %q (%v), want its loading state", got, err)
+	}
+	fail(lat, http.StatusServiceUnavailable)
+	waitText(t, tab, "latency-error", "could not be loaded: HTTP 503")
+	if role, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[string](`document.querySelector('[data-testid="latency-error"]').getAttribute('role')`)); err != nil || role != "alert" {
+		t.Fatalf("error state role %q (%v), want alert", role, err)
+	}
+
+	// Live mode: a failed update is an error until the next one succeeds.
+	open(t, tab, s.base, "/ui/customers/acme?range=1h&live=1", "main")
+	pass(next("group_by=status_class"))
+	pass(next("usage.csv"))
+	fail(next("live.json"), http.StatusServiceUnavailable)
+	waitText(t, tab, "live-state", "the last update failed (HTTP 503: the store is unavailable)")
+	if cls, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[string](`document.querySelector('[data-testid="live-state"]').className`)); err != nil || !strings.Contains(cls, "error") {
+		t.Fatalf("live state class %q (%v), want error", cls, err)
+	}
+	pass(next("live.json"))
+	waitText(t, tab, "live-state", "Live: updated at")
+	if cls, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[string](`document.querySelector('[data-testid="live-state"]').className`)); err != nil || strings.Contains(cls, "error") {
+		t.Fatalf("live state class %q after a good update (%v)", cls, err)
+	}
+	call(func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error) {
+		return cdp.Call(ctx, tg, fetch.Disable, cdp.Empty{})
 	})
 }
