@@ -215,7 +215,7 @@ func usageRows(t *testing.T, addr, query string) []latencyRow {
 // without the webhook's address. Screenshots: customer, key,
 // customer-phone, portal.
 func TestUIChartsEqualTheAPI(t *testing.T) {
-	s, _ := startChartsStack(t)
+	s, rc := startChartsStack(t)
 	tab := testenv.Browser(t)
 	signIn(t, tab, s.base, e2eAdminToken)
 	if !hasChartLibrary(t, tab) {
@@ -392,11 +392,22 @@ func TestUIChartsEqualTheAPI(t *testing.T) {
 	if err := chromedp.Do(portal.Ctx, chromedp.Navigate(s.portalLink(t, "acme")), chromedp.WaitVisible(chromedp.CSS(`.chart[data-kind="latency"] canvas`))); err != nil {
 		t.Fatal(err)
 	}
+	// The customer's own session sees its deliveries, not the webhook.
+	if d := tableRows(t, portal, "alert-deliveries"); len(d) != 3 {
+		t.Fatalf("portal deliveries %v", d)
+	}
+	if h, err := chromedp.Run(portal.Ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`)); err != nil ||
+		strings.Contains(h, "/hooks/acme") || strings.Contains(h, rcHost(rc)) {
+		t.Fatalf("the portal page shows the webhook's address (%v)", err)
+	}
 	fullPage(t, portal, 1280)
 	portal.Screenshot(t, "portal")
 	noConsoleErrors(t, portal)
 	noConsoleErrors(t, tab)
 }
+
+// rcHost is the receiver's host:port.
+func rcHost(rc *alertReceiver) string { return strings.TrimPrefix(rc.srv.URL, "http://") }
 
 // legendEntry is the selector of the status chart's legend entry label.
 func legendEntry(t *testing.T, tab *testenv.Tab, label string) string {
