@@ -38,7 +38,7 @@ var presets = []preset{
 }
 
 // pageParams are the query parameters of the usage pages and CSV URLs.
-var pageParams = []string{"range", "from", "to", "window", "group_by"}
+var pageParams = []string{"range", "from", "to", "window", "group_by", "live"}
 
 // windowFor is the window a custom range is shown in.
 func windowFor(d time.Duration) aggregate.Window {
@@ -303,6 +303,10 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data["Base"] = csv
 	data["CSV"] = template.URL(csv + "/usage.csv?" + v.Query)
+	if err := s.chartData(data, csv, v, r.URL.Query()); err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
 	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
 	if err != nil {
 		data["Error"] = err.Error()
@@ -335,7 +339,9 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data["Tables"] = tables
 	data["Keys"] = s.keys(t.Customer)
-	data["Plan"], data["PlanError"] = s.plan(t)
+	plan, planErr := s.plan(t)
+	data["Plan"], data["PlanError"] = plan, planErr
+	data["Alerts"] = s.alerts(r.Context(), t, plan)
 	s.render(w, http.StatusOK, "usage.html", data)
 }
 

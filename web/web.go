@@ -63,6 +63,12 @@ type Deps struct {
 	// erasure requests and audit trail as the API's /v1/privacy endpoints;
 	// nil: not served.
 	Privacy *api.Privacy
+	// Deliveries reads a customer's recent usage alert deliveries for the
+	// plan card; nil: not shown.
+	Deliveries DeliveriesFunc
+	// AlertsOn reports whether the limits view sends usage alerts at all
+	// (limits.View.AlertsOn); nil: taken as on.
+	AlertsOn func() bool
 	// Health reports the pipeline's state for the overview; nil: not shown.
 	Health func() []HealthItem
 	Log    *slog.Logger
@@ -132,6 +138,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ui/customers/{customer}/usage.csv", s.usageCSV)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}", s.customerPage)
 	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}/usage.csv", s.usageCSV)
+	mux.HandleFunc("GET /ui/customers/{customer}/live.json", s.liveData)
+	mux.HandleFunc("GET /ui/customers/{customer}/keys/{key}/live.json", s.liveData)
 	mux.HandleFunc("GET /ui/finance", s.financePage)
 	mux.HandleFunc("GET /ui/finance/reconciliation.csv", s.financeCSV("reconciliation"))
 	mux.HandleFunc("GET /ui/finance/ledger.csv", s.financeCSV("ledger"))

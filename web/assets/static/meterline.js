@@ -46,6 +46,6 @@
     }).catch(function (e) { el.textContent = "The chart's data could not be loaded: " + e.message; });
   }
   document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll(".chart[data-csv]").forEach(draw);
+    document.querySelectorAll(".chart[data-csv]:not([data-kind])").forEach(draw); // charts.js draws the others
   });
 })();
