@@ -25,7 +25,7 @@ func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, priv *api.Privacy, 
 	}
 	tc, _ := cfg.HTTP.TLS.Config() // validated with the configuration
 	ui := web.New(cfg.UI, web.Deps{Tokens: tokens, Usage: querier, Limits: view, Registry: registry, ReadLimiter: readLimiter, TLS: tc != nil,
-		Health: web.RegistryHealth(reg, web.HealthMetrics), Log: log,
+		Health: web.RegistryHealth(reg), Log: log,
 		Finance: financeReader(cfg, db), Privacy: priv})
 	mux.Handle("/ui/", ui.Handler())
 	mux.Handle("/v1/portal/sessions", ui.PortalSessions())
