@@ -3,6 +3,7 @@ package web
 import (
 	"cmp"
 	"context"
+	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -61,7 +62,13 @@ func (s *Server) overviewFigures(ctx context.Context, p auth.Principal, params u
 		base[k] = v
 	}
 	base.Set("window", string(aggregate.WindowTotal))
-	o := overviewData{API: "/v1/usage?" + base.Encode()}
+	// Shown to people: decoded, as one would type it (every value here is
+	// the server's own: times, a window and a zone name).
+	shown, err := url.QueryUnescape(base.Encode())
+	if err != nil {
+		shown = base.Encode()
+	}
+	o := overviewData{API: "/v1/usage?" + shown}
 	run := func(groupBy string) (api.UsageResponse, error) {
 		q := url.Values{}
 		for k, v := range base {
@@ -186,4 +193,16 @@ func init() {
 	// has tells whether list holds v (a filter value typed into the URL
 	// that is not one of the choices stays selected).
 	funcs["has"] = func(list []string, v string) bool { return slices.Contains(list, v) }
+}
+
+// keyFilterKnown answers "not found" for a key filter that is not one of
+// the customer's keys in the catalogue, as the key page does for such a
+// key: ids of others cannot be probed through the filter either.
+func (s *Server) keyFilterKnown(w http.ResponseWriter, r *http.Request, t target, v view) bool {
+	k := v.Filters["api_key_id"]
+	if k == "" || slices.Contains(s.keys(t.Customer), k) {
+		return true
+	}
+	s.fail(w, r, http.StatusNotFound, "No such API key for this customer.")
+	return false
 }

@@ -375,6 +375,9 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	if !s.keyFilterKnown(w, r, t, v) {
+		return
+	}
 	r, release, ok := s.reading(w, r, ss.principal)
 	if !ok {
 		return
@@ -467,9 +470,12 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	_, params, err := readView(r.URL.Query(), s.d.Now(), pageParamsOf(t))
+	v, params, err := readView(r.URL.Query(), s.d.Now(), pageParamsOf(t))
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.keyFilterKnown(w, r, t, v) {
 		return
 	}
 	r, release, ok := s.reading(w, r, ss.principal)
