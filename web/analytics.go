@@ -206,3 +206,8 @@ func (s *Server) keyFilterKnown(w http.ResponseWriter, r *http.Request, t target
 	s.fail(w, r, http.StatusNotFound, "No such API key for this customer.")
 	return false
 }
+
+// pageGroupBy are the group_by choices of a customer or key page: one
+// customer's page has a single customer_id, so that choice is left out of
+// the menu (the URL may still name it, as the API allows).
+var pageGroupBy = slices.DeleteFunc(slices.Clone(aggregate.GroupByAllowed), func(g string) bool { return g == "customer_id" })

@@ -384,7 +384,7 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	data := map[string]any{"Session": ss, "Target": t, "View": v, "Presets": presets,
-		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": aggregate.GroupByAllowed,
+		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": pageGroupBy,
 		"StatusClasses": statusClasses}
 	if t.Key != "" {
 		data["Title"] = "Key " + t.Key
