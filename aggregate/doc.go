@@ -77,7 +77,29 @@
 // ingested_at, so ingested_at cannot tell when an event was first stored
 // (it only re-dirties the window, which is harmless).
 //
+// # Filters, all customers, whole-range rows
+//
+// UsageQuery.Filters keeps events whose route, method, status class,
+// gateway or key is one of the listed values. Every rollup row carries all
+// five dimensions, so a filter is a condition on every source (the raw
+// table computes the status class from the status) and filtered figures
+// are as exact as unfiltered ones. UsageQuery.AllCustomers drops the
+// customer condition (for staff, never implied by missing ids), and
+// customer_id is then a group_by dimension.
+//
+// WindowTotal answers one row per group for the whole [From, To), served
+// like any window: the coarsest rollups that fit inside the range, finer
+// ones at cut edges, raw after the watermark. Requests, errors, units and
+// bytes are sums and exact. Distinct client IPs are exact too: the
+// uniqExact states of the windows are merged, so an address seen in many
+// windows counts once. Latency quantiles merge the windows' t-digest
+// states: the answer estimates the quantiles of every event of the range
+// (not an average of per-window quantiles), with t-digest's usual error
+// (the tests hold it within 5 quantile levels of the exact value); an
+// exact quantile would need every latency kept, which the rollups do not
+// store.
+//
 // Every value of a query reaches SQL as a bound {name:Type} parameter;
-// group_by names are mapped through a fixed allow-list to fixed SQL
-// identifiers.
+// group_by and filter names are mapped through a fixed allow-list to fixed
+// SQL identifiers.
 package aggregate

@@ -26,12 +26,14 @@ var levelTables = [numLevels]string{
 	levelMonth:  "usage_month",
 }
 
-// windowLevel is the rollup level whose windows equal w's in UTC.
+// windowLevel is the rollup level whose windows equal w's in UTC; for
+// WindowTotal, the coarsest level that fits in the range.
 var windowLevel = map[Window]level{
 	WindowMinute: levelMinute,
 	WindowHour:   levelHour,
 	WindowDay:    levelDay,
 	WindowMonth:  levelMonth,
+	WindowTotal:  levelMonth,
 }
 
 // maxPlanSpans bounds the time ranges of one query (each is two bound
@@ -159,11 +161,14 @@ func makePlan(bounds []time.Time, frontier time.Time, top level) plan {
 }
 
 // windowBounds returns from, every window start of w in loc strictly
-// between from and to, and to: the buckets of a query.
+// between from and to, and to: the buckets of a query. WindowTotal has one
+// bucket, [from, to).
 func windowBounds(from, to time.Time, w Window, loc *time.Location) []time.Time {
 	next := func(t time.Time) time.Time { return t }
 	var start time.Time
 	switch w {
+	case WindowTotal:
+		return []time.Time{from, to}
 	case WindowMinute:
 		start = floorUTC(levelMinute, from)
 		next = func(t time.Time) time.Time { return t.Add(time.Minute) }

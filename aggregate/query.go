@@ -3,6 +3,7 @@ package aggregate
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,18 +14,28 @@ import (
 type Window string
 
 // The windows. Minute and hour windows are UTC windows; day and month
-// windows follow UsageQuery.TZ.
+// windows follow UsageQuery.TZ. WindowTotal is one window over the whole
+// [From, To): one row per group, its distinct client IPs counted over the
+// whole range and its latency quantiles merged from every event of the
+// range (not averaged over windows).
 const (
 	WindowMinute Window = "minute"
 	WindowHour   Window = "hour"
 	WindowDay    Window = "day"
 	WindowMonth  Window = "month"
+	WindowTotal  Window = "total"
 )
 
 // GroupByAllowed are the dimensions usage can be grouped by, as the query
 // parameter names them. Each maps to a fixed column (groupColumns); no other
-// name ever reaches SQL.
-var GroupByAllowed = []string{"api_key_id", "route", "method", "status_class", "gateway"}
+// name ever reaches SQL. customer_id is meant for AllCustomers queries (for
+// one customer it gives that customer's single value).
+var GroupByAllowed = []string{"api_key_id", "route", "method", "status_class", "gateway", "customer_id"}
+
+// FilterAllowed are the dimensions usage can be filtered on
+// (UsageQuery.Filters), as the query parameters name them; each maps to
+// the same fixed column as in GroupByAllowed.
+var FilterAllowed = []string{"route", "method", "status_class", "gateway", "api_key_id"}
 
 // Query limits.
 const (
@@ -32,6 +43,8 @@ const (
 	MaxRange = 400 * 24 * time.Hour
 	// MaxMinuteRange is the longest [From, To) with minute windows.
 	MaxMinuteRange = 7 * 24 * time.Hour
+	// MaxFilterValues bounds the values of one filter dimension.
+	MaxFilterValues = 32
 	// MaxRows bounds the rows of one answer, so a fine window over many
 	// groups cannot make the server build an enormous result.
 	MaxRows = 200_000
@@ -46,18 +59,32 @@ var (
 	maxTime = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
-// UsageQuery asks for usage rows of one customer or key.
+// UsageQuery asks for usage rows of one customer or key, or of every
+// customer.
 type UsageQuery struct {
-	// CustomerID and APIKeyID select whose usage: at least one is set; when
-	// both are, only the key's usage under that customer is returned (none
-	// if the key is not the customer's).
+	// CustomerID and APIKeyID select whose usage: at least one is set
+	// unless AllCustomers is; when both are, only the key's usage under
+	// that customer is returned (none if the key is not the customer's).
 	CustomerID string
 	APIKeyID   string
+	// AllCustomers allows CustomerID and APIKeyID both empty: the usage of
+	// every customer (and of events stored without one). It must be set
+	// explicitly, so that a forgotten id never widens a query; it is for
+	// callers that checked the reader may see every customer.
+	AllCustomers bool
+	// Filters keeps only events whose dimension (a name of FilterAllowed)
+	// has one of the listed values: the values of one dimension are
+	// alternatives (OR), dimensions all apply (AND). Values are compared
+	// exactly, bound as parameters; each is at most 128 bytes of UTF-8
+	// without NUL, at most MaxFilterValues per dimension. Nil or empty:
+	// no filter.
+	Filters map[string][]string
 	// From and To bound event time, half-open [From, To). Windows cut by
 	// them count only the part inside. To-From is at most MaxRange
 	// (MaxMinuteRange for minute windows).
 	From, To time.Time
-	// Window is the granularity of the rows.
+	// Window is the granularity of the rows; WindowTotal gives one row per
+	// group for the whole range, with WindowStart = From.
 	Window Window
 	// GroupBy lists dimensions from GroupByAllowed, without repeats; rows
 	// are per window and per combination of their values.
@@ -70,7 +97,8 @@ type UsageQuery struct {
 // ParamError is a bad query parameter.
 type ParamError struct {
 	// Param is the parameter's name as the HTTP API spells it:
-	// customer_id, api_key_id, from, to, window, group_by or tz.
+	// customer_id, api_key_id, from, to, window, group_by, tz, or a filter
+	// dimension (route, method, status_class, gateway).
 	Param string
 	// Message says what is wrong, for the client.
 	Message string
@@ -102,7 +130,7 @@ func echo(s string) string {
 // aligned to windows.
 func (q UsageQuery) Validate() error {
 	var errs []error
-	if q.CustomerID == "" && q.APIKeyID == "" {
+	if q.CustomerID == "" && q.APIKeyID == "" && !q.AllCustomers {
 		errs = append(errs, paramErr("customer_id", "customer_id or api_key_id is required"))
 	}
 	if err := validID("customer_id", q.CustomerID); err != nil {
@@ -117,11 +145,11 @@ func (q UsageQuery) Validate() error {
 		errs = append(errs, paramErr("to", "the range is %s long; with window=minute it may be at most 7 days", q.To.Sub(q.From)))
 	}
 	switch q.Window {
-	case WindowMinute, WindowHour, WindowDay, WindowMonth:
+	case WindowMinute, WindowHour, WindowDay, WindowMonth, WindowTotal:
 	case "":
-		errs = append(errs, paramErr("window", "window is required: minute, hour, day or month"))
+		errs = append(errs, paramErr("window", "window is required: minute, hour, day, month or total"))
 	default:
-		errs = append(errs, paramErr("window", "unknown window %s: use minute, hour, day or month", echo(string(q.Window))))
+		errs = append(errs, paramErr("window", "unknown window %s: use minute, hour, day, month or total", echo(string(q.Window))))
 	}
 	if q.TZ != nil {
 		// The zone reaches the engine by name: a fixed or local zone has
@@ -143,7 +171,51 @@ func (q UsageQuery) Validate() error {
 		}
 		seen[g] = true
 	}
+	errs = append(errs, validFilters(q.Filters)...)
 	return errors.Join(errs...)
+}
+
+// validFilters checks the filter dimensions and their values, in
+// FilterAllowed order so that messages come out the same every time.
+func validFilters(f map[string][]string) []error {
+	var errs []error
+	names := make([]string, 0, len(f))
+	for name := range f {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if !slices.Contains(FilterAllowed, name) {
+			errs = append(errs, paramErr("filter", "unknown dimension %s: filters are %s", echo(name), strings.Join(FilterAllowed, ", ")))
+		}
+	}
+	for _, name := range FilterAllowed {
+		vals, ok := f[name]
+		if !ok {
+			continue
+		}
+		if len(vals) > MaxFilterValues {
+			errs = append(errs, paramErr(name, "%d values; at most %d", len(vals), MaxFilterValues))
+			continue
+		}
+		seen := map[string]bool{}
+		for _, v := range vals {
+			switch {
+			case v == "":
+				errs = append(errs, paramErr(name, "an empty value"))
+			case len(v) > maxIDBytes:
+				errs = append(errs, paramErr(name, "a value longer than %d bytes", maxIDBytes))
+			case !utf8.ValidString(v):
+				errs = append(errs, paramErr(name, "a value that is not valid UTF-8"))
+			case strings.IndexByte(v, 0) >= 0:
+				errs = append(errs, paramErr(name, "a value with a NUL byte"))
+			case seen[v]:
+				errs = append(errs, paramErr(name, "%s is repeated", echo(v)))
+			}
+			seen[v] = true
+		}
+	}
+	return errs
 }
 
 // validID checks an optional customer or key id.
@@ -206,7 +278,8 @@ func ParseTZ(name string) (*time.Location, error) {
 // UsageRow is one window (and group) of usage.
 type UsageRow struct {
 	// WindowStart is the start of the window, in the query's TZ. A window
-	// cut by From or To still starts where the whole window would.
+	// cut by From or To still starts where the whole window would; with
+	// WindowTotal it is From.
 	WindowStart time.Time
 	// Group holds the values of the query's GroupBy dimensions, by name.
 	Group map[string]string
@@ -222,12 +295,15 @@ type UsageRow struct {
 	RequestBytes, ResponseBytes uint64
 	// LatencyP50, LatencyP95 and LatencyP99 are latency quantiles in
 	// milliseconds, t-digest estimates over the events that carried a
-	// latency (0 when there are no requests or none of them did).
+	// latency (0 when there are no requests or none of them did). Coarse
+	// windows merge the stored t-digests of their parts: they estimate
+	// the quantiles of all the window's events, which averaging the
+	// parts' quantiles would not.
 	LatencyP50, LatencyP95, LatencyP99 float64
 	// LatencyMeasured tells whether any event of the window carried a
 	// latency_ms, that is whether the quantiles mean anything.
 	LatencyMeasured bool
 	// DistinctClientIPs counts distinct anonymised client addresses (events
-	// without an address are not counted).
+	// without an address are not counted), exactly, over the whole window.
 	DistinctClientIPs uint64
 }

@@ -140,6 +140,8 @@ type expectedRow struct {
 // windowStart buckets t as the query's window does, with Go's calendar.
 func windowStart(t time.Time, w aggregate.Window, loc *time.Location) time.Time {
 	switch w {
+	case aggregate.WindowTotal:
+		panic("windowStart: a total window starts at From")
 	case aggregate.WindowMinute:
 		return t.Truncate(time.Minute)
 	case aggregate.WindowHour:
@@ -167,6 +169,8 @@ func dimValue(e storedEvent, dim string) string {
 		return statusClass(e.Status)
 	case "gateway":
 		return e.Gateway
+	case "customer_id":
+		return e.Customer
 	}
 	panic("unknown dimension " + dim)
 }
@@ -191,11 +195,24 @@ func recount(q aggregate.UsageQuery, evs []storedEvent, visible func(storedEvent
 		if e.Time.Before(q.From) || !e.Time.Before(q.To) || (visible != nil && !visible(e)) {
 			continue
 		}
+		filtered := false
+		for dim, vals := range q.Filters {
+			if len(vals) > 0 && !slices.Contains(vals, dimValue(e, dim)) {
+				filtered = true
+			}
+		}
+		if filtered {
+			continue
+		}
 		group := make([]string, len(q.GroupBy))
 		for i, g := range q.GroupBy {
 			group[i] = dimValue(e, g)
 		}
-		k := rowKey(windowStart(e.Time, q.Window, loc), group)
+		start := q.From
+		if q.Window != aggregate.WindowTotal {
+			start = windowStart(e.Time, q.Window, loc)
+		}
+		k := rowKey(start, group)
 		r := out[k]
 		if r == nil {
 			r = &expectedRow{ips: map[string]bool{}}

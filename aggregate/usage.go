@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,10 +26,21 @@ var groupColumns = map[string]dimension{
 	"method":       {"method", "method"},
 	"status_class": {"status_class", statusClassExpr},
 	"gateway":      {"gateway", "gateway"},
+	"customer_id":  customerDimension,
 }
 
-// customerDimension groups UnitsByCustomer; it is not offered to queries.
+// customerDimension groups UnitsByCustomer and all-customer queries.
 var customerDimension = dimension{"customer_id", "customer_id"}
+
+// condition is a WHERE term of every branch of a usage query: its text
+// over the rollup tables and over the raw table (they differ where a
+// dimension is computed from raw columns, as status_class is).
+type condition struct {
+	rollup, raw string
+}
+
+// same is a condition that reads the same on every level.
+func same(c string) condition { return condition{c, c} }
 
 // Querier answers usage queries from the rollups and the raw table.
 type Querier struct {
@@ -95,6 +107,9 @@ func (q *Querier) Usage(ctx context.Context, uq UsageQuery) ([]UsageRow, error) 
 		}
 		if r.Units, err = strconv.ParseFloat(r.UnitsText, 64); err != nil {
 			return nil, fmt.Errorf("aggregate: usage query: units %q: %w", r.UnitsText, err)
+		}
+		if uq.Window == WindowTotal {
+			r.WindowStart = uq.From
 		}
 		r.WindowStart = r.WindowStart.In(uq.TZ)
 		r.Group = make(map[string]string, len(uq.GroupBy))
@@ -175,15 +190,29 @@ func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
 	for i, g := range uq.GroupBy {
 		dims[i] = groupColumns[g]
 	}
-	var filter []string
+	var filter []condition
 	var params []store.Param
 	if uq.CustomerID != "" {
-		filter = append(filter, "customer_id = {customer_id:String}")
+		filter = append(filter, same("customer_id = {customer_id:String}"))
 		params = append(params, store.P("customer_id", uq.CustomerID))
 	}
 	if uq.APIKeyID != "" {
-		filter = append(filter, "api_key_id = {api_key_id:String}")
+		filter = append(filter, same("api_key_id = {api_key_id:String}"))
 		params = append(params, store.P("api_key_id", uq.APIKeyID))
+	}
+	// Filter dimensions in a fixed order; only names of the fixed map
+	// reach SQL, values are bound.
+	for _, name := range FilterAllowed {
+		vals := uq.Filters[name]
+		if len(vals) == 0 {
+			continue
+		}
+		d, pn := groupColumns[name], "filter_"+name
+		filter = append(filter, condition{
+			rollup: d.rollup + " IN {" + pn + ":Array(String)}",
+			raw:    d.raw + " IN {" + pn + ":Array(String)}",
+		})
+		params = append(params, store.P(pn, slices.Clone(vals)))
 	}
 	branches, bparams := branchesSQL(p, dims, filter)
 	params = append(params, bparams...)
@@ -200,6 +229,9 @@ func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
 	case WindowMonth:
 		bucket = "toDateTime(toStartOfMonth(ws, {tz:String}), {tz:String})"
 		params = append(params, store.P("tz", uq.TZ.String()))
+	case WindowTotal:
+		// One bucket; Usage sets WindowStart to From.
+		bucket = "toDateTime(0, 'UTC')"
 	}
 	groups := ""
 	for i := range dims {
@@ -232,7 +264,7 @@ LIMIT {limit:UInt64}`, params
 // dims[I], then requests, client and server errors, units, request and
 // response bytes, and the latency and client-IP states. Raw rows are
 // aggregated per minute on the fly. filter holds fixed conditions.
-func branchesSQL(p plan, dims []dimension, filter []string) (string, []store.Param) {
+func branchesSQL(p plan, dims []dimension, filter []condition) (string, []store.Param) {
 	var parts []string
 	var params []store.Param
 	for l := levelMonth; l >= levelRaw; l-- {
@@ -250,7 +282,15 @@ func branchesSQL(p plan, dims []dimension, filter []string) (string, []store.Par
 			ranges = append(ranges, fmt.Sprintf("(%s >= {%s:%s} AND %s < {%s:%s})", col, a, typ, col, b, typ))
 			params = append(params, store.P(a, s.from), store.P(b, s.to))
 		}
-		where := append(append([]string(nil), filter...), "("+strings.Join(ranges, " OR ")+")")
+		var where []string
+		for _, c := range filter {
+			if l == levelRaw {
+				where = append(where, c.raw)
+			} else {
+				where = append(where, c.rollup)
+			}
+		}
+		where = append(where, "("+strings.Join(ranges, " OR ")+")")
 		var b strings.Builder
 		if l == levelRaw {
 			b.WriteString("        SELECT toDateTime(toStartOfMinute(time), 'UTC') AS ws")

@@ -60,7 +60,7 @@ func TestValidateNamesTheParameter(t *testing.T) {
 		{"unknown window", func(q *aggregate.UsageQuery) { q.Window = "week" }, "window", `"week"`},
 		{"no window", func(q *aggregate.UsageQuery) { q.Window = "" }, "window", "required"},
 		{"injection in group_by", func(q *aggregate.UsageQuery) { q.GroupBy = []string{"route);DROP TABLE events"} }, "group_by", "unknown"},
-		{"unknown group_by", func(q *aggregate.UsageQuery) { q.GroupBy = []string{"customer_id"} }, "group_by", "unknown"},
+		{"unknown group_by", func(q *aggregate.UsageQuery) { q.GroupBy = []string{"units"} }, "group_by", "unknown"},
 		{"repeated group_by", func(q *aggregate.UsageQuery) { q.GroupBy = []string{"route", "method", "route"} }, "group_by", "repeated"},
 		{"no customer or key", func(q *aggregate.UsageQuery) { q.CustomerID = "" }, "customer_id", "required"},
 		{"long key", func(q *aggregate.UsageQuery) { q.APIKeyID = strings.Repeat("k", 129) }, "api_key_id", "128"},

@@ -249,7 +249,6 @@ func TestUsageBadParameters(t *testing.T) {
 		{"repeated group_by", f.usagePath("customer_id", acme, "group_by", "route,route"), "group_by"},
 		{"from missing", f.usagePath("customer_id", acme, "from", ""), "from"},
 		{"from not a time", f.usagePath("customer_id", acme, "from", "yesterday"), "from"},
-		{"no subject", f.usagePath(), "customer_id"},
 		{"unknown parameter", f.usagePath("customer_id", acme, "sql", "SELECT 1"), "sql"},
 		{"repeated parameter", f.usagePath("customer_id", acme) + "&from=" + url.QueryEscape(from), "from"},
 		{"customer id with quote", f.usagePath("customer_id", "a' OR '1'='1"), ""},

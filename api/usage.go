@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/auth"
@@ -23,7 +26,107 @@ type UsageReader interface {
 	Freshness(ctx context.Context) (time.Time, error)
 }
 
-var usageParams = []string{"customer_id", "api_key_id", "from", "to", "window", "group_by", "tz"}
+var usageParams = []string{"customer_id", "api_key_id", "from", "to", "window", "group_by", "tz",
+	"route", "method", "status_class", "gateway"}
+
+// usageLists are the parameters that may be repeated and hold
+// comma-separated lists: group_by and the filters.
+var usageLists = []string{"group_by", "route", "method", "status_class", "gateway"}
+
+// BadParams is the answer to a usage query with bad parameters: every one
+// of them, each named, so that one 400 says all that must change.
+type BadParams []*aggregate.ParamError
+
+// Error lists every bad parameter.
+func (b BadParams) Error() string {
+	parts := make([]string, len(b))
+	for i, pe := range b {
+		parts[i] = fmt.Sprintf("parameter %q: %s", pe.Param, pe.Message)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return fmt.Sprintf("%d bad parameters: %s", len(parts), strings.Join(parts, "; "))
+}
+
+// Params names the bad parameters, in the order reported.
+func (b BadParams) Params() []string {
+	out := make([]string, len(b))
+	for i, pe := range b {
+		out[i] = pe.Param
+	}
+	return out
+}
+
+// add appends pe unless a problem of the same parameter is already there
+// (a time that did not parse is not also "required").
+func (b *BadParams) add(pe *aggregate.ParamError) {
+	for _, x := range *b {
+		if x.Param == pe.Param && x.Message == pe.Message {
+			return
+		}
+	}
+	*b = append(*b, pe)
+}
+
+// checkUsageParams reports every unknown and every wrongly repeated
+// parameter.
+func checkUsageParams(q url.Values, bad *BadParams) {
+	names := make([]string, 0, len(q))
+	for name := range q {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		shown := name
+		if len(shown) > 64 || !utf8.ValidString(shown) {
+			shown = strconv.QuoteToASCII(shown[:min(len(shown), 64)]) + "..."
+		}
+		switch {
+		case !slices.Contains(usageParams, name):
+			bad.add(&aggregate.ParamError{Param: shown, Message: "unknown parameter (known: " + strings.Join(usageParams, ", ") + ")"})
+		case len(q[name]) > 1 && !slices.Contains(usageLists, name):
+			bad.add(&aggregate.ParamError{Param: name, Message: fmt.Sprintf("given %d times", len(q[name]))})
+		}
+	}
+}
+
+// parseTime reads an RFC 3339 time of parameter param. A "+01:00" that
+// arrived as " 01:00" was an unencoded '+' (a space in a URL query): the
+// message says to encode it.
+func parseTime(param, s string, bad *BadParams) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err == nil {
+		return t
+	}
+	shown := s
+	if len(shown) > 64 {
+		shown = shown[:64] + "..."
+	}
+	msg := fmt.Sprintf("%q is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)", shown)
+	if strings.Contains(s, " ") {
+		if _, err := time.Parse(time.RFC3339Nano, strings.Replace(s, " ", "+", 1)); err == nil {
+			msg = fmt.Sprintf("%q is not an RFC 3339 time: a '+' in a URL query reads as a space, so encode it as %%2B (%s)",
+				shown, strings.Replace(url.QueryEscape(strings.Replace(s, " ", "+", 1)), "%3A", ":", -1))
+		}
+	}
+	bad.add(&aggregate.ParamError{Param: param, Message: msg})
+	return time.Time{}
+}
+
+// splitList reads a repeatable, comma-separated parameter; empty items
+// are skipped.
+func splitList(vs []string) []string {
+	var out []string
+	for _, v := range vs {
+		for _, x := range strings.Split(v, ",") {
+			if x = strings.TrimSpace(x); x != "" {
+				out = append(out, x)
+			}
+		}
+	}
+	return out
+}
 
 // UsageResponse is the JSON answer of GET /v1/usage.
 type UsageResponse struct {
@@ -61,11 +164,14 @@ type Latency struct {
 
 // NewUsageHandler serves GET /v1/usage.
 //
-// Parameters: customer_id and/or api_key_id; from (RFC 3339, required); to
-// (RFC 3339, default now); window (minute, hour, day, month; default hour);
-// group_by (comma-separated or repeated: api_key_id, route, method,
-// status_class, gateway); tz (IANA zone for day and month windows; default
-// UTC). `Accept: text/csv` answers CSV.
+// Parameters: customer_id and/or api_key_id (admin and finance tokens may
+// omit both: every customer); from (RFC 3339, required); to (RFC 3339,
+// default now); window (minute, hour, day, month, or total for one row per
+// group over the whole range; default hour); group_by (comma-separated or
+// repeated: api_key_id, route, method, status_class, gateway, customer_id);
+// the filters route, method, status_class and gateway (comma-separated or
+// repeated values, any of which matches); tz (IANA zone for day and month
+// windows; default UTC). `Accept: text/csv` answers CSV.
 func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet {
@@ -94,71 +200,114 @@ func NewUsageHandler(r UsageReader, tokens *auth.Tokens) http.Handler {
 	})
 }
 
-// parseUsage turns the request into a query the principal may run.
+// parseUsage turns the request into a query the principal may run. Bad
+// parameters, all of them, are one BadParams (400); a customer the
+// principal may not read is a 403, reported when the parameters are good.
 func parseUsage(req *http.Request, p auth.Principal, now time.Time) (aggregate.UsageQuery, int, error) {
 	q := req.URL.Query()
-	if err := httpx.CheckParams(q, usageParams, "group_by"); err != nil {
-		return aggregate.UsageQuery{}, http.StatusBadRequest, err
-	}
+	var bad BadParams
+	checkUsageParams(q, &bad)
 	uq := aggregate.UsageQuery{
 		CustomerID: q.Get("customer_id"),
 		APIKeyID:   q.Get("api_key_id"),
 		Window:     aggregate.Window(q.Get("window")),
+		GroupBy:    splitList(q["group_by"]),
 		TZ:         time.UTC,
 	}
 	if uq.Window == "" {
-		uq.Window = "hour"
+		uq.Window = aggregate.WindowHour
 	}
-	for _, v := range q["group_by"] {
-		for _, g := range strings.Split(v, ",") {
-			if g = strings.TrimSpace(g); g != "" {
-				uq.GroupBy = append(uq.GroupBy, g)
+	for _, dim := range usageLists[1:] {
+		if vals := splitList(q[dim]); len(vals) > 0 {
+			if uq.Filters == nil {
+				uq.Filters = map[string][]string{}
 			}
+			uq.Filters[dim] = vals
 		}
 	}
-	var errs []error
-	var err error
 	if s := q.Get("from"); s == "" {
-		errs = append(errs, errors.New(`parameter "from": required (RFC 3339, e.g. 2026-11-01T00:00:00Z)`))
-	} else if uq.From, err = time.Parse(time.RFC3339Nano, s); err != nil {
-		errs = append(errs, fmt.Errorf(`parameter "from": %q is not an RFC 3339 time`, s))
+		bad.add(&aggregate.ParamError{Param: "from", Message: "required (RFC 3339, e.g. 2026-11-01T00:00:00Z)"})
+	} else {
+		uq.From = parseTime("from", s, &bad)
 	}
 	uq.To = now
 	if s := q.Get("to"); s != "" {
-		if uq.To, err = time.Parse(time.RFC3339Nano, s); err != nil {
-			errs = append(errs, fmt.Errorf(`parameter "to": %q is not an RFC 3339 time`, s))
-		}
+		uq.To = parseTime("to", s, &bad)
 	}
 	if s := q.Get("tz"); s != "" {
-		loc, err := time.LoadLocation(s)
-		if err != nil || s == "Local" || len(s) > 64 {
-			errs = append(errs, fmt.Errorf(`parameter "tz": %q is not an IANA time zone name (e.g. Europe/Berlin)`, s))
+		loc, err := aggregate.ParseTZ(s)
+		var pe *aggregate.ParamError
+		if errors.As(err, &pe) {
+			bad.add(&aggregate.ParamError{Param: "tz", Message: pe.Message + " (name an IANA zone, e.g. Europe/Berlin)"})
 		} else {
 			uq.TZ = loc
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return uq, http.StatusBadRequest, err
-	}
-	// A customer-scoped token reads its own customer only.
+	// A customer-scoped token reads its own customer only; admin and
+	// finance tokens without customer_id and api_key_id read every
+	// customer.
+	var forbidden error
 	if !p.Has(auth.ScopeAdmin) && !p.Has(auth.ScopeFinance) {
 		own := p.Customers()
 		switch {
 		case uq.CustomerID != "" && !p.CanReadCustomer(uq.CustomerID):
-			return uq, http.StatusForbidden, fmt.Errorf("token %q may not read customer %q", p.Name, uq.CustomerID)
+			forbidden = fmt.Errorf("token %q may not read customer %q", p.Name, uq.CustomerID)
 		case uq.CustomerID == "" && len(own) == 1:
 			uq.CustomerID = own[0]
 		case uq.CustomerID == "":
-			return uq, http.StatusBadRequest, fmt.Errorf(`parameter "customer_id": required with a token scoped to several customers`)
+			bad.add(&aggregate.ParamError{Param: "customer_id", Message: "required with a token scoped to several customers"})
 		}
+	} else if uq.CustomerID == "" && uq.APIKeyID == "" {
+		uq.AllCustomers = true
 	}
-	if uq.CustomerID == "" && uq.APIKeyID == "" {
-		return uq, http.StatusBadRequest, errors.New(`give parameter "customer_id" or "api_key_id"`)
+	reported := map[string]bool{}
+	for _, pe := range bad {
+		reported[pe.Param] = true
 	}
-	if err := uq.Validate(); err != nil {
-		return uq, http.StatusBadRequest, err
+	for _, pe := range paramErrors(uq.Validate()) {
+		if (pe.Param == "from" || pe.Param == "to") && (reported["from"] || reported["to"]) {
+			continue // the range cannot be judged without both times
+		}
+		if pe.Param == "customer_id" && uq.CustomerID == "" && reported["customer_id"] {
+			continue
+		}
+		if pe.Param == "tz" && reported["tz"] {
+			continue
+		}
+		bad.add(pe)
+	}
+	if len(bad) > 0 {
+		return uq, http.StatusBadRequest, bad
+	}
+	if forbidden != nil {
+		return uq, http.StatusForbidden, forbidden
 	}
 	return uq, 0, nil
+}
+
+// paramErrors returns the *aggregate.ParamError values joined in err.
+func paramErrors(err error) []*aggregate.ParamError {
+	var out []*aggregate.ParamError
+	var walk func(error)
+	walk = func(e error) {
+		if pe, ok := e.(*aggregate.ParamError); ok {
+			out = append(out, pe)
+			return
+		}
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		if pe := (*aggregate.ParamError)(nil); errors.As(e, &pe) {
+			out = append(out, pe)
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
 }
 
 func wantsCSV(r *http.Request) bool {

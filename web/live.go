@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/meterline/meterline/aggregate/limits"
@@ -45,9 +46,13 @@ func (s *Server) liveData(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	_, params, err := readView(q, s.d.Now())
+	v, params, err := readView(q, s.d.Now(), pageParamsOf(t))
 	if err != nil {
 		httpx.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if k := v.Filters["api_key_id"]; k != "" && !slices.Contains(s.keys(t.Customer), k) {
+		httpx.WriteError(w, http.StatusNotFound, "no such API key for this customer")
 		return
 	}
 	params.Set("group_by", "status_class")

@@ -2,9 +2,12 @@ package web
 
 import (
 	"encoding/json"
+	"html"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,8 +130,9 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestOverviewEqualsAPI: the overview's totals are the sum of GET
-// /v1/usage's answers for the catalogue's customers.
+// TestOverviewEqualsAPI: the overview's totals, latency and top tables
+// are GET /v1/usage's all-customer answers (window=total) for the range
+// the page states.
 func TestOverviewEqualsAPI(t *testing.T) {
 	f := newFixture(t, opts{})
 	b := f.browser()
@@ -137,33 +141,108 @@ func TestOverviewEqualsAPI(t *testing.T) {
 	if p.code != http.StatusOK {
 		t.Fatalf("overview: %d\n%s", p.code, p.body)
 	}
-	// The fixture's events are within the last 4 hours; the other tests'
-	// customers are not in this catalogue.
-	var req uint64
-	var units float64
-	for _, c := range []string{f.acme, f.globex} {
-		q := url.Values{"customer_id": {c}, "from": {f.start.Add(-time.Hour).Format(time.RFC3339)}, "window": {"hour"}}
-		code, body := apiGet(t, f, tokAdmin, q, "")
-		var resp api.UsageResponse
-		if err := json.Unmarshal(body, &resp); code != http.StatusOK || err != nil {
-			t.Fatalf("GET /v1/usage: %d %v", code, err)
+	to := f.clock.now().UTC().Truncate(time.Minute).Add(time.Minute)
+	q := url.Values{"from": {to.Add(-24 * time.Hour).Format(time.RFC3339)}, "to": {to.Format(time.RFC3339)}, "window": {"total"}}
+	all := apiUsage(t, f, tokAdmin, q)
+	if len(all.Rows) != 1 || all.Rows[0].Requests < 90 {
+		t.Fatalf("the API answered %+v; the fixture alone has 90 requests", all.Rows)
+	}
+	r := all.Rows[0]
+	units, _ := r.Units.Float64()
+	for id, want := range map[string]string{
+		"overview-total-requests": strconv.FormatUint(r.Requests, 10),
+		"overview-client-errors":  strconv.FormatUint(r.ClientErrors, 10),
+		"overview-server-errors":  strconv.FormatUint(r.ServerErrors, 10),
+		"overview-total-units":    strconv.FormatFloat(units, 'f', -1, 64),
+		"overview-error-rate":     strconv.FormatFloat(100*float64(r.ClientErrors+r.ServerErrors)/float64(r.Requests), 'f', 2, 64),
+		"overview-p50":            strconv.FormatFloat(r.LatencyMS.P50, 'f', 1, 64),
+		"overview-p95":            strconv.FormatFloat(r.LatencyMS.P95, 'f', 1, 64),
+		"overview-p99":            strconv.FormatFloat(r.LatencyMS.P99, 'f', 1, 64),
+		"overview-ips":            strconv.FormatUint(r.DistinctClientIPs, 10),
+	} {
+		if got := testid(t, p.body, id); got != want {
+			t.Errorf("overview %s %q, the API %q", id, got, want)
 		}
-		for _, r := range resp.Rows {
-			req += r.Requests
-			u, _ := r.Units.Float64()
-			units += u
+	}
+	// The top tables: the API's grouped rows, most requests first.
+	for _, c := range []struct{ table, groupBy, dim string }{
+		{"top-customers", "customer_id", "customer_id"}, {"top-keys", "customer_id,api_key_id", "api_key_id"}, {"top-routes", "route", "route"},
+	} {
+		g := url.Values{}
+		for k, v := range q {
+			g[k] = v
+		}
+		g.Set("group_by", c.groupBy)
+		resp := apiUsage(t, f, tokAdmin, g)
+		want := map[string]uint64{}
+		for _, row := range resp.Rows {
+			want[row.Group[c.dim]] += row.Requests
+		}
+		rows := tableRows(t, p.body, c.table)
+		if len(rows) != min(len(resp.Rows), 10) {
+			t.Errorf("%s: %d rows, the API %d groups", c.table, len(rows), len(resp.Rows))
+		}
+		col := 1
+		if c.table == "top-keys" {
+			col = 2
+		}
+		var prev uint64 = math.MaxUint64
+		for _, tr := range rows {
+			if tr[0] == "(no customer)" || tr[0] == "(no route)" {
+				tr[0] = ""
+			}
+			n, _ := strconv.ParseUint(tr[col], 10, 64)
+			if n != want[tr[0]] || n > prev {
+				t.Errorf("%s: %s shows %d requests (after %d), the API %d", c.table, tr[0], n, prev, want[tr[0]])
+			}
+			prev = n
 		}
 	}
-	if req != 90 {
-		t.Fatalf("the API answered %d requests, the fixture has 90", req)
+	if !strings.Contains(p.body, `href="/ui/customers/`+f.acme+`/keys/`+f.k1+`"`) {
+		t.Errorf("the top keys do not link to the key page of %s", f.k1)
 	}
-	if got := testid(t, p.body, "overview-total-requests"); got != strconv.FormatUint(req, 10) {
-		t.Errorf("overview requests %q, the API %d", got, req)
+	// Customer sessions get no overview.
+	c := f.browser()
+	c.signIn(t, tokAcme)
+	if a := c.get(t, "/ui/overview?range=24h"); a.code != http.StatusNotFound || strings.Contains(a.body, f.globex) {
+		t.Errorf("customer session: overview %d", a.code)
 	}
-	if got := testid(t, p.body, "overview-total-units"); got != strconv.FormatFloat(units, 'f', -1, 64) {
-		t.Errorf("overview units %q, the API %v", got, units)
+}
+
+// apiUsage calls GET /v1/usage and decodes a 200 answer.
+func apiUsage(t *testing.T, f *fixture, token string, q url.Values) api.UsageResponse {
+	t.Helper()
+	code, body := apiGet(t, f, token, q, "")
+	var resp api.UsageResponse
+	if err := json.Unmarshal(body, &resp); code != http.StatusOK || err != nil {
+		t.Fatalf("GET /v1/usage?%s: %d %s", q.Encode(), code, body)
 	}
-	if !strings.Contains(p.body, `data-testid="top-customers"`) || strings.Index(p.body, ">"+f.acme+"<") > strings.Index(p.body, ">"+f.globex+"<") {
-		t.Errorf("top customers missing or not by requests:\n%s", p.body)
+	return resp
+}
+
+var (
+	rowRE  = regexp.MustCompile(`(?s)<tr>(.*?)</tr>`)
+	cellRE = regexp.MustCompile(`(?s)<td[^>]*>(.*?)</td>`)
+	tagRE  = regexp.MustCompile(`<[^>]+>`)
+)
+
+// tableRows returns the text of the body cells of the table with that
+// data-testid.
+func tableRows(t *testing.T, body, id string) [][]string {
+	t.Helper()
+	i := strings.Index(body, `data-testid="`+id+`"`)
+	if i < 0 {
+		t.Fatalf("no table %s in the page", id)
 	}
+	tb := body[i:]
+	tb = tb[strings.Index(tb, "<tbody>"):strings.Index(tb, "</tbody>")]
+	var out [][]string
+	for _, m := range rowRE.FindAllStringSubmatch(tb, -1) {
+		var cells []string
+		for _, c := range cellRE.FindAllStringSubmatch(m[1], -1) {
+			cells = append(cells, html.UnescapeString(strings.TrimSpace(tagRE.ReplaceAllString(c[1], ""))))
+		}
+		out = append(out, cells)
+	}
+	return out
 }

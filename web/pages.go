@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meterline/meterline/aggregate"
 	"github.com/meterline/meterline/aggregate/limits"
@@ -37,8 +38,23 @@ var presets = []preset{
 	{"12mo", func(t time.Time) time.Time { return t.AddDate(-1, 0, 0) }, aggregate.WindowMonth},
 }
 
-// pageParams are the query parameters of the usage pages and CSV URLs.
-var pageParams = []string{"range", "from", "to", "window", "group_by", "live"}
+// pageParams are the query parameters of the customer page, its CSV and
+// live URLs (live: the live mode's toggle); keyPageParams those of the key
+// page (the key is in the path);
+// overviewParams those of the overview (always one whole-range window).
+var (
+	pageParams     = []string{"range", "from", "to", "window", "group_by", "tz", "route", "method", "status_class", "gateway", "live", "api_key_id"}
+	keyPageParams  = pageParams[:len(pageParams)-1]
+	overviewParams = []string{"range", "from", "to", "tz"}
+)
+
+// pageFilters are the filter controls, as GET /v1/usage names them: each
+// field holds one value or a comma-separated list.
+var pageFilters = []string{"route", "method", "status_class", "gateway", "api_key_id"}
+
+// maxParamBytes bounds any one page parameter; a filter item is at most
+// an id's 128 bytes, and a field may list several.
+const maxParamBytes = 1024
 
 // windowFor is the window a custom range is shown in.
 func windowFor(d time.Duration) aggregate.Window {
@@ -59,49 +75,91 @@ type view struct {
 	From, To time.Time
 	Window   string // as chosen ("" derived)
 	GroupBy  string
-	Query    string // the URL's query string, re-encoded
+	// TZ is the time-zone field as given ("" = UTC); Loc the zone the
+	// page's times and day and month windows are in.
+	TZ  string
+	Loc *time.Location
+	// Filters are the filter fields as given, by parameter name.
+	Filters map[string]string
+	Query   string // the URL's query string, re-encoded
 }
 
-// readView checks the page's parameters and turns them into GET
-// /v1/usage's. A wrong one is a 400 naming it.
-func readView(q url.Values, now time.Time) (view, url.Values, error) {
-	if err := checkParams(q); err != nil {
-		return view{}, nil, err
+// readView checks the page's parameters (allowed lists the ones the page
+// takes) and turns them into GET /v1/usage's. Every wrong one is named in
+// one error, an api.BadParams, answered 400.
+func readView(q url.Values, now time.Time, allowed []string) (view, url.Values, error) {
+	var bad api.BadParams
+	problem := func(param, format string, args ...any) {
+		bad = append(bad, &aggregate.ParamError{Param: param, Message: fmt.Sprintf(format, args...)})
 	}
-	v := view{Range: q.Get("range"), Window: q.Get("window"), GroupBy: q.Get("group_by")}
-	out := url.Values{}
+	names := make([]string, 0, len(q))
+	for k := range q {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		vs := q[k]
+		switch {
+		case !slices.Contains(allowed, k):
+			problem(cut(k), "unknown parameter (known: %s)", strings.Join(allowed, ", "))
+			delete(q, k)
+			continue
+		case len(vs) > 1:
+			problem(k, "given %d times", len(vs))
+		}
+		for _, v := range vs {
+			if len(v) > maxParamBytes {
+				problem(k, "longer than %d bytes", maxParamBytes)
+				break
+			}
+		}
+	}
 	for k, vs := range q { // an empty field of the controls' form means "not set"
 		if len(vs) == 1 && vs[0] == "" {
 			delete(q, k)
+		}
+	}
+	v := view{Range: q.Get("range"), Window: q.Get("window"), GroupBy: q.Get("group_by"), TZ: q.Get("tz"), Loc: time.UTC,
+		Filters: map[string]string{}}
+	out := url.Values{}
+	if v.TZ != "" {
+		loc, err := aggregate.ParseTZ(v.TZ)
+		if err != nil {
+			problem("tz", "unknown time zone %q: name an IANA zone such as Europe/Berlin", cut(v.TZ))
+		} else {
+			v.Loc = loc
+			out.Set("tz", loc.String())
 		}
 	}
 	custom := q.Get("from") != "" || q.Get("to") != ""
 	var derived aggregate.Window
 	switch {
 	case custom && v.Range != "":
-		return v, nil, errors.New(`give either "range" or "from"/"to", not both`)
+		problem("range", `give either "range" or "from"/"to", not both`)
 	case custom:
-		var err error
-		if v.From, err = time.Parse(time.RFC3339, q.Get("from")); err != nil {
-			return v, nil, fmt.Errorf(`"from": %q is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)`, cut(q.Get("from")))
+		v.From = pageTime(q.Get("from"), "from", &bad)
+		if q.Get("from") == "" {
+			problem("from", "required with to (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
 		}
 		v.To = now
 		if s := q.Get("to"); s != "" {
-			if v.To, err = time.Parse(time.RFC3339, s); err != nil {
-				return v, nil, fmt.Errorf(`"to": %q is not an RFC 3339 time`, cut(s))
+			v.To = pageTime(s, "to", &bad)
+		}
+		if !v.From.IsZero() && !v.To.IsZero() {
+			if !v.From.Before(v.To) {
+				problem("to", `"from" must be before "to"`)
+			} else {
+				derived = windowFor(v.To.Sub(v.From))
 			}
 		}
-		if !v.From.Before(v.To) {
-			return v, nil, errors.New(`"from" must be before "to"`)
-		}
-		derived = windowFor(v.To.Sub(v.From))
 	default:
 		if v.Range == "" {
 			v.Range = "24h"
 		}
 		i := slices.IndexFunc(presets, func(p preset) bool { return p.Name == v.Range })
 		if i < 0 {
-			return v, nil, fmt.Errorf(`"range": %q is not one of 1h, 24h, 7d, 30d, 12mo`, cut(v.Range))
+			problem("range", "%q is not one of 1h, 24h, 7d, 30d, 12mo", cut(v.Range))
+			break
 		}
 		v.To = now.UTC().Truncate(time.Minute).Add(time.Minute)
 		v.From = presets[i].span(v.To)
@@ -110,14 +168,39 @@ func readView(q url.Values, now time.Time) (view, url.Values, error) {
 	w := derived
 	if v.Window != "" {
 		w = aggregate.Window(v.Window)
+		switch w {
+		case aggregate.WindowMinute, aggregate.WindowHour, aggregate.WindowDay, aggregate.WindowMonth, aggregate.WindowTotal:
+		default:
+			problem("window", "%q is not one of minute, hour, day, month, total", cut(v.Window))
+		}
+	}
+	if v.GroupBy != "" && !slices.Contains(aggregate.GroupByAllowed, v.GroupBy) {
+		problem("group_by", "%q is not one of %s", cut(v.GroupBy), strings.Join(aggregate.GroupByAllowed, ", "))
+	}
+	for _, f := range pageFilters {
+		s := q.Get(f)
+		if s == "" {
+			continue
+		}
+		v.Filters[f] = s
+		for _, item := range strings.Split(s, ",") {
+			if len(strings.TrimSpace(item)) > 128 {
+				problem(f, "a value longer than 128 bytes")
+				break
+			}
+		}
+		if f == "api_key_id" && strings.Contains(s, ",") {
+			problem(f, "one key at a time")
+		}
+		out.Set(f, s)
+	}
+	if len(bad) > 0 {
+		return v, nil, bad
 	}
 	out.Set("from", v.From.UTC().Format(time.RFC3339))
 	out.Set("to", v.To.UTC().Format(time.RFC3339))
 	out.Set("window", string(w))
 	if v.GroupBy != "" {
-		if !slices.Contains(aggregate.GroupByAllowed, v.GroupBy) {
-			return v, nil, fmt.Errorf(`"group_by": %q is not one of %s`, cut(v.GroupBy), strings.Join(aggregate.GroupByAllowed, ", "))
-		}
 		out.Set("group_by", v.GroupBy)
 	}
 	v.Window = string(w)
@@ -125,21 +208,27 @@ func readView(q url.Values, now time.Time) (view, url.Values, error) {
 	return v, out, nil
 }
 
-func checkParams(q url.Values) error {
-	for k, vs := range q {
-		if !slices.Contains(pageParams, k) {
-			return fmt.Errorf("unknown parameter %q (known: %s)", cut(k), strings.Join(pageParams, ", "))
-		}
-		if len(vs) > 1 {
-			return fmt.Errorf("parameter %q given %d times", k, len(vs))
-		}
+// pageTime reads a from or to field: RFC 3339, with a hint when a '+' of
+// the offset arrived as a space (typed into the URL unencoded).
+func pageTime(s, param string, bad *api.BadParams) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err == nil {
+		return t
 	}
-	return nil
+	msg := fmt.Sprintf("%q is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)", cut(s))
+	if _, err := time.Parse(time.RFC3339, strings.Replace(s, " ", "+", 1)); err == nil && strings.Contains(s, " ") {
+		msg += "; a '+' in a URL reads as a space: write it as %2B"
+	}
+	*bad = append(*bad, &aggregate.ParamError{Param: param, Message: msg})
+	return time.Time{}
 }
 
 func cut(s string) string {
 	if len(s) > 64 {
-		return s[:64] + "..."
+		s = s[:64] + "..."
+	}
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	return s
 }
@@ -196,7 +285,9 @@ func (s *Server) usage(ctx context.Context, p auth.Principal, t target, params u
 	for k, v := range params {
 		q[k] = v
 	}
-	q.Set("customer_id", t.Customer)
+	if t.Customer != "" {
+		q.Set("customer_id", t.Customer)
+	}
 	if t.Key != "" {
 		q.Set("api_key_id", t.Key)
 	}
@@ -280,9 +371,12 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	v, params, err := readView(r.URL.Query(), s.d.Now())
+	v, params, err := readView(r.URL.Query(), s.d.Now(), pageParamsOf(t))
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.keyFilterKnown(w, r, t, v) {
 		return
 	}
 	r, release, ok := s.reading(w, r, ss.principal)
@@ -291,7 +385,8 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	data := map[string]any{"Session": ss, "Target": t, "View": v, "Presets": presets,
-		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": aggregate.GroupByAllowed}
+		"Windows": []string{"minute", "hour", "day", "month"}, "GroupByAllowed": pageGroupBy,
+		"StatusClasses": statusClasses}
 	if t.Key != "" {
 		data["Title"] = "Key " + t.Key
 	} else {
@@ -328,6 +423,7 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 			gp[k] = vs
 		}
 		gp.Set("group_by", d)
+		gp.Set("window", string(aggregate.WindowTotal))
 		g, _, err := s.usage(r.Context(), ss.principal, t, gp)
 		tb := map[string]any{"Dim": d}
 		if err != nil {
@@ -381,9 +477,12 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	_, params, err := readView(r.URL.Query(), s.d.Now())
+	v, params, err := readView(r.URL.Query(), s.d.Now(), pageParamsOf(t))
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.keyFilterKnown(w, r, t, v) {
 		return
 	}
 	r, release, ok := s.reading(w, r, ss.principal)
@@ -399,13 +498,11 @@ func (s *Server) usageCSV(w http.ResponseWriter, r *http.Request) {
 	api.WriteUsageCSV(w, resp)
 }
 
-// maxOverviewCustomers bounds the customers the overview queries (one
-// usage query each).
-const maxOverviewCustomers = 200
-
-// overview serves the admin and finance landing page: usage over the range
-// summed over the catalogue's customers, the top customers, data freshness
-// and the pipeline's health.
+// overview serves the admin and finance landing page: usage over the
+// range of every customer (totals, error rate, latency percentiles), the
+// top customers, keys and routes, data freshness and the pipeline's
+// health. Each figure is one all-customer GET /v1/usage query with
+// window=total, through the API's own code.
 func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 	ss, ok := s.signedIn(w, r)
 	if !ok {
@@ -415,10 +512,7 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "No such page.")
 		return
 	}
-	v, params, err := readView(r.URL.Query(), s.d.Now())
-	if err == nil && v.GroupBy != "" {
-		err = errors.New(`"group_by": the overview is not grouped; open a customer's page`)
-	}
+	v, params, err := readView(r.URL.Query(), s.d.Now(), overviewParams)
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
@@ -437,35 +531,13 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 	slices.Sort(customers)
 	data := map[string]any{"Session": ss, "Title": "Overview", "Customers": customers, "View": v, "Presets": presets,
 		"Base": "/ui/overview"}
-	if len(customers) > maxOverviewCustomers {
-		data["Truncated"] = maxOverviewCustomers
-		customers = customers[:maxOverviewCustomers]
+	o, err := s.overviewFigures(r.Context(), ss.principal, params)
+	if err != nil {
+		data["UsageError"] = err.Error()
+	} else {
+		data["O"] = o
+		data["Fresh"] = o.Fresh
 	}
-	// One query per customer, through the API's code; a whole-range window
-	// keeps each answer to a row or two.
-	var all totals
-	var top []groupRow
-	for _, c := range customers {
-		resp, _, err := s.usage(r.Context(), ss.principal, target{Customer: c}, params)
-		if err != nil {
-			data["UsageError"] = err.Error()
-			break
-		}
-		t := sum(resp.Rows)
-		data["Fresh"] = resp.Freshness
-		all.Requests, all.ClientErrors, all.ServerErrors = all.Requests+t.Requests, all.ClientErrors+t.ClientErrors, all.ServerErrors+t.ServerErrors
-		all.Units += t.Units
-		if t.Requests > 0 {
-			top = append(top, groupRow{Value: c, totals: t})
-		}
-	}
-	slices.SortFunc(top, func(a, b groupRow) int {
-		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.Value, b.Value))
-	})
-	if len(top) > 10 {
-		top = top[:10]
-	}
-	data["Totals"], data["Top"] = all, top
 	if _, known := data["Fresh"]; !known {
 		if fresh, err := s.d.Usage.Freshness(r.Context()); err == nil {
 			data["Fresh"] = fresh
@@ -473,9 +545,14 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 			data["FreshError"] = err.Error()
 		}
 	}
-	if s.d.Health != nil {
-		data["Health"] = s.d.Health()
+	var health []HealthItem
+	if f, ok := data["Fresh"].(time.Time); ok {
+		health = append(health, freshnessItem(f, s.d.Now()))
 	}
+	if s.d.Health != nil {
+		health = append(health, s.d.Health()...)
+	}
+	data["Health"] = health
 	s.render(w, http.StatusOK, "overview.html", data)
 }
 

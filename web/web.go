@@ -78,7 +78,8 @@ type Deps struct {
 
 // HealthItem is one line of the overview's pipeline health.
 type HealthItem struct {
-	Name, Value string
+	// ID names the line for tests and links; Name labels it for people.
+	ID, Name, Value string
 }
 
 // Server is the web interface.

@@ -26,7 +26,7 @@ func mountUI(cfg *Config, mux *http.ServeMux, db store.Conn, priv *api.Privacy, 
 	}
 	tc, _ := cfg.HTTP.TLS.Config() // validated with the configuration
 	ui := web.New(cfg.UI, web.Deps{Tokens: tokens, Usage: querier, Limits: view, Registry: registry, ReadLimiter: readLimiter, TLS: tc != nil,
-		Health: web.RegistryHealth(reg, web.HealthMetrics), Log: log,
+		Health: web.RegistryHealth(reg), Log: log,
 		Finance: financeReader(cfg, db), Privacy: priv, AlertsOn: view.AlertsOn,
 		Deliveries: func(ctx context.Context, customer string, n int) ([]limits.Delivery, error) {
 			return limits.RecentDeliveries(ctx, db, customer, n)
