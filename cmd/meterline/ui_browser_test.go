@@ -402,16 +402,8 @@ func TestUIOperatorSeesTheAPIsNumbers(t *testing.T) {
 				t.Fatalf("%s: no chart drawn: %v", v.path, err)
 			}
 		}
-		tab.Screenshot(t, v.name)
-	}
-	// The customer page at a phone's width.
-	if err := chromedp.Do(tab.Ctx, chromedp.EmulateViewport(390, 844)); err != nil {
-		t.Fatal(err)
-	}
-	open(t, tab, s.base, "/ui/customers/acme", "main")
-	tab.Screenshot(t, "customer-phone")
-	if err := chromedp.Do(tab.Ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
-		t.Fatal(err)
+		// The screenshots of these pages are the fuller ones of
+		// TestUIAnalyticsOverviewEqualsAPI and TestUIChartsEqualTheAPI.
 	}
 
 	// The customer and key pages: the CSV of the chart equals the API's
@@ -483,7 +475,6 @@ func TestUIPortalLinkOnceAndScoped(t *testing.T) {
 	if loc := location(t, tab, s.base); loc != "/ui/customers/acme" {
 		t.Fatalf("portal link landed on %s, want /ui/customers/acme", loc)
 	}
-	tab.Screenshot(t, "portal")
 	noConsoleErrors(t, tab)
 
 	again := operator.Incognito(t)
