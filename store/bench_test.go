@@ -7,15 +7,18 @@ import (
 )
 
 // BenchmarkInsertEvents inserts batches of 10,000 event rows into the
-// events table (embedded engine) as a Native file (the default) and as
-// inline JSON (the fallback), in the same run, and reports rows per second:
+// events table (embedded engine) as Native data in a memory file (the
+// default on Linux), as a Native file in /dev/shm or the temporary
+// directory (elsewhere) and as inline JSON (the fallback), in the same run,
+// and reports rows per second:
 //
 //	go test ./store -run '^$' -bench InsertEvents -benchtime 30x -count 3
 func BenchmarkInsertEvents(b *testing.B) {
-	for _, format := range []string{"native", "json"} {
+	for _, format := range []string{"native", "native-file", "json"} {
 		b.Run(format, func(b *testing.B) {
 			c := embeddedConnForTest(b, Config{})
 			c.(*embeddedConn).jsonInserts = format == "json"
+			c.(*embeddedConn).fileInserts = format == "native-file"
 			migrate(b, c)
 			const batchSize = 10_000
 			at := time.Now().UTC().Add(-time.Hour).Truncate(time.Millisecond)

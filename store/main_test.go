@@ -41,6 +41,9 @@ func runTests(m *testing.M) int {
 	if dir := os.Getenv(lockedDirEnv); dir != "" {
 		return lockedDirChild(dir)
 	}
+	if dir := os.Getenv(encryptedChildEnv); dir != "" {
+		return encryptedChild(dir)
+	}
 	dir, err := os.MkdirTemp("", "meterline-store-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
