@@ -465,6 +465,32 @@ func TestEncryptedEngineEndToEnd(t *testing.T) {
 	if !ok || !strings.Contains(out, "ROWS 5999 ") {
 		t.Fatalf("read with keys 1 and 2:\n%s", out)
 	}
+	// A rotation stopped part way leaves every file readable, and its
+	// temporaries (as a kill would leave them) are cleaned up.
+	ctx, cancel := context.WithCancel(testCtx(t))
+	partial, err := RotateKeys(ctx, dir, both.encryption(2), func(p RotateProgress) {
+		if p.Files == 3 {
+			cancel()
+		}
+	})
+	if !errors.Is(err, context.Canceled) || partial.Files != 3 || !strings.Contains(err.Error(), "run it again") {
+		t.Fatalf("stopped rotation: %d files, %v", partial.Files, err)
+	}
+	files, err := walkEncrypted(dir)
+	if err != nil || len(files) == 0 {
+		t.Fatal(files, err)
+	}
+	leftover := files[0].path + rotateTempSuffix
+	if err := os.WriteFile(leftover, []byte("half written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, ok = runEncryptedChild(t, dir, tmp, "read", marker, both, 2)
+	if !ok || !strings.Contains(out, "ROWS 5999 MARKED 5999") {
+		t.Fatalf("read after a stopped rotation:\n%s", out)
+	}
+	if _, err := os.Stat(leftover); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("start-up left a rotation temporary: %v", err)
+	}
 	res, err := RotateKeys(testCtx(t), dir, both.encryption(2), nil)
 	if err != nil {
 		t.Fatal(err)
