@@ -57,6 +57,7 @@ func (e *Encryption) Validate() error {
 		errs = append(errs, errors.New("no key"))
 	}
 	seen := map[uint64]bool{}
+	sameKey := map[[16]byte]uint64{}
 	current := false
 	for _, k := range e.Keys {
 		if k.ID < 1 || k.ID > MaxEncryptionKeyID {
@@ -70,6 +71,12 @@ func (e *Encryption) Validate() error {
 			errs = append(errs, fmt.Errorf("key id %d has %d bytes; AES-256 needs 32 (64 hex digits or 44 base64 characters)", k.ID, len(k.Key)))
 		}
 		current = current || k.ID == e.CurrentKeyID
+		if fp := keyFingerprint(k.Key); len(k.Key) == 32 {
+			if other, dup := sameKey[fp]; dup && other != k.ID {
+				errs = append(errs, fmt.Errorf("key ids %d and %d hold the same key", other, k.ID))
+			}
+			sameKey[fp] = k.ID
+		}
 	}
 	if len(e.Keys) > 0 && !current {
 		errs = append(errs, fmt.Errorf("current key id %d is not among the configured keys", e.CurrentKeyID))
@@ -433,23 +440,21 @@ func checkDataDir(dir string, e *Encryption) error {
 	if err != nil {
 		return fmt.Errorf("store: check data directory: %w", err)
 	}
-	var errs []error
-	for _, k := range e.Keys {
-		fp := keyFingerprint(k.Key)
-		for _, r := range reg.Keys {
-			if r.ID == k.ID && r.Fingerprint != hex.EncodeToString(fp[:]) {
-				errs = append(errs, fmt.Errorf("key id %d is not the key that id %d had when this data directory last started (wrong key?)", k.ID, k.ID))
-			}
-		}
-	}
 	st, err := scanEncrypted(dir, e)
 	if err != nil {
 		return fmt.Errorf("store: check data directory: %w", err)
 	}
+	var errs []error
 	for _, u := range st.Unknown {
-		if id := reg.idOf(u.Fingerprint); id != 0 {
+		id := reg.idOf(u.Fingerprint)
+		switch {
+		case id != 0 && e.key(id) != nil:
+			// A key id that files need has another key now. (An id whose
+			// old key no file uses may be given a new key.)
+			errs = append(errs, fmt.Errorf("key id %d is not the key that wrote %d file(s) (%d part(s)) under id %d (wrong key?)", id, u.Files, u.Parts, id))
+		case id != 0:
 			errs = append(errs, fmt.Errorf("%d file(s) (%d part(s)) need key id %d, which is not configured; configure it again (run `meterline encryption rotate` before removing a key)", u.Files, u.Parts, id))
-		} else {
+		default:
 			errs = append(errs, fmt.Errorf("%d file(s) (%d part(s)) were written with a key that is not configured (fingerprint %x)", u.Files, u.Parts, u.Fingerprint))
 		}
 	}

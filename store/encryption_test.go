@@ -65,11 +65,12 @@ func TestEncryptionValidate(t *testing.T) {
 		want string
 	}{
 		{"nil is off", nil, ""},
-		{"ok", &Encryption{Keys: []EncryptionKey{{1, k}, {2, k}}, CurrentKeyID: 2}, ""},
+		{"ok", &Encryption{Keys: []EncryptionKey{{1, k}, {2, randomKey(t)}}, CurrentKeyID: 2}, ""},
 		{"no key", &Encryption{}, "no key"},
 		{"short key", &Encryption{Keys: []EncryptionKey{{1, k[:16]}}, CurrentKeyID: 1}, "needs 32"},
 		{"id 0", &Encryption{Keys: []EncryptionKey{{0, k}}, CurrentKeyID: 0}, "out of range"},
 		{"huge id", &Encryption{Keys: []EncryptionKey{{MaxEncryptionKeyID + 1, k}}, CurrentKeyID: MaxEncryptionKeyID + 1}, "out of range"},
+		{"same key under two ids", &Encryption{Keys: []EncryptionKey{{1, k}, {2, k}}, CurrentKeyID: 2}, "same key"},
 		{"twice", &Encryption{Keys: []EncryptionKey{{1, k}, {1, k}}, CurrentKeyID: 1}, "twice"},
 		{"current missing", &Encryption{Keys: []EncryptionKey{{1, k}}, CurrentKeyID: 3}, "current key id 3"},
 	} {
@@ -512,8 +513,74 @@ func TestEncryptedEngineEndToEnd(t *testing.T) {
 	if hits := grepTree(t, dir, []byte(marker)); len(hits) > 0 {
 		t.Fatalf("marker stored in plain after rotation in %v", hits)
 	}
+	// Id 1's old key is needed by no file any more: the id may take a new key.
+	if out, ok := runEncryptedChild(t, dir, tmp, "read", marker, childKeys{1: randomKey(t), 2: k2}, 2); !ok || !strings.Contains(out, "ROWS 5999 ") {
+		t.Fatalf("new key under a retired id:\n%s", out)
+	}
 	// Rotating without the key that wrote the files is refused.
 	if _, err := RotateKeys(testCtx(t), dir, childKeys{3: randomKey(t)}.encryption(3), nil); !errors.Is(err, ErrEncryptionKey) {
 		t.Errorf("rotation without the files' key: %v", err)
+	}
+}
+
+// Files the engine did not write, on the encrypted disk: a short file, a
+// header of a key nobody configured, a symbolic link to a file elsewhere.
+// Status counts them, start-up and rotation refuse, and nothing changes.
+func TestEncryptedDiskHostileFiles(t *testing.T) {
+	dir := t.TempDir()
+	k1, stranger := randomKey(t), randomKey(t)
+	e := &Encryption{Keys: []EncryptionKey{{1, k1}}, CurrentKeyID: 1}
+	part := filepath.Join(dir, encryptedDataDir, "store/abc/abc-uuid/all_1_1_0")
+	if err := os.MkdirAll(part, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	h := encHeader{version: encVersion, algorithm: encAlgAES256CTR, fingerprint: keyFingerprint(stranger)}
+	if err := os.WriteFile(filepath.Join(part, "data.bin"), append(h.bytes(), "ciphertext"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(part, "count.txt"), []byte("ENC short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(t.TempDir(), "victim")
+	mine := encHeader{version: encVersion, algorithm: encAlgAES256CTR, fingerprint: keyFingerprint(stranger)}
+	if err := os.WriteFile(outside, append(mine.bytes(), "keep me"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(part, "columns.txt")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ReadEncryptionStatus(dir, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Unencrypted != 1 || len(st.Unknown) != 1 || st.Unknown[0].Files != 1 || st.Unknown[0].Parts != 1 || st.Keys[0].Files != 0 {
+		t.Fatalf("status: %+v", st)
+	}
+	before := treeDigest(t, dir)
+	victim, _ := os.ReadFile(outside)
+	if err := checkDataDir(dir, e); !errors.Is(err, ErrEncryptionKey) || !strings.Contains(err.Error(), "not configured (fingerprint") {
+		t.Errorf("start-up: %v", err)
+	}
+	if _, err := RotateKeys(testCtx(t), dir, e, nil); !errors.Is(err, ErrEncryptionKey) {
+		t.Errorf("rotation: %v", err)
+	}
+	// With the stranger's key configured, rotation rewrites the file it
+	// wrote but never follows the link out of the data directory.
+	both := &Encryption{Keys: []EncryptionKey{{1, k1}, {2, stranger}}, CurrentKeyID: 1}
+	res, err := RotateKeys(testCtx(t), dir, both, nil)
+	if err != nil || res.Files != 1 {
+		t.Fatalf("rotation with the key: %d files, %v", res.Files, err)
+	}
+	if got, _ := os.ReadFile(outside); !bytes.Equal(got, victim) {
+		t.Error("rotation wrote through a symbolic link")
+	}
+	if treeDigest(t, dir) == before {
+		t.Error("rotation changed nothing")
+	}
+	if err := os.WriteFile(filepath.Join(part, "bad.bin"), append(encHeader{version: 9, fingerprint: keyFingerprint(stranger)}.bytes(), 'x'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RotateKeys(testCtx(t), dir, both, nil); err == nil || !strings.Contains(err.Error(), "unsupported encryption header") {
+		t.Errorf("unsupported header: %v", err)
 	}
 }

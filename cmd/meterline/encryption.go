@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -390,8 +391,10 @@ func runEncryptionServerConfig(args []string, stdout, stderr io.Writer) error {
 			return errUsage
 		}
 		// The server reads the keys from its environment; the key here
-		// only satisfies validation and is not printed.
-		enc.Keys = append(enc.Keys, store.EncryptionKey{ID: id, Key: make([]byte, 32)})
+		// only satisfies validation (distinct per id) and is not printed.
+		placeholder := make([]byte, 32)
+		binary.LittleEndian.PutUint64(placeholder, id)
+		enc.Keys = append(enc.Keys, store.EncryptionKey{ID: id, Key: placeholder})
 		if *current == 0 {
 			enc.CurrentKeyID = max(enc.CurrentKeyID, id)
 		}
