@@ -243,7 +243,7 @@ func encryptionForCommand(cf *commonFlags) (*Config, *store.Encryption, error) {
 func runEncryptionStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("encryption status", "encryption status [--config FILE]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -291,7 +291,7 @@ func printEncryptionStatus(w io.Writer, st store.EncryptionStatus) {
 func runEncryptionRotate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("encryption rotate", "encryption rotate [--config FILE] [--quiet]", stderr)
 	var cf commonFlags
-	cf.register(fs)
+	cf.registerFor(fs, flagsStore)
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	if err := parse(fs, args); err != nil {
 		return err
