@@ -434,7 +434,7 @@ func checkDataDir(dir string, e *Encryption) error {
 		return fmt.Errorf("store: check data directory: %w", err)
 	}
 	if plain {
-		return fmt.Errorf("%w: %s holds tables written without encryption; encryption cannot be turned on over them: start on a new data directory, or turn encryption off (see docs/design.md, encryption at rest)", ErrEncryptionKey, dir)
+		return fmt.Errorf("%w: %s holds tables written without encryption; run `meterline encryption migrate` (with the server stopped) to encrypt them, start on a new data directory, or turn encryption off", ErrEncryptionKey, dir)
 	}
 	reg, err := readKeyRegistry(dir)
 	if err != nil {

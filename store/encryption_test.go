@@ -584,3 +584,57 @@ func TestEncryptedDiskHostileFiles(t *testing.T) {
 		t.Errorf("unsupported header: %v", err)
 	}
 }
+
+// A data directory written without encryption is refused with encryption
+// on, then encrypted in place by EncryptPlainData: the marker is gone from
+// every file, the engine starts with the key and reads every row, and a
+// start without encryption is refused.
+func TestEncryptPlainData(t *testing.T) {
+	if embeddedSkip != "" {
+		t.Skip(embeddedSkip)
+	}
+	dir, tmp := t.TempDir(), t.TempDir()
+	marker := fmt.Sprintf("ZQPLAIN%dZQ", time.Now().UnixNano())
+	k1 := randomKey(t)
+	out, ok := runEncryptedChild(t, dir, tmp, "write", marker, nil, 0)
+	if !ok || !strings.Contains(out, "ROWS 5999 MARKED 5999") {
+		t.Fatalf("plain write:\n%s", out)
+	}
+	if len(grepTree(t, dir, []byte(marker))) == 0 {
+		t.Fatal("the plain engine stored no marker in plain: this test could not fail")
+	}
+	before := treeDigest(t, dir)
+	out, ok = runEncryptedChild(t, dir, tmp, "read", marker, childKeys{1: k1}, 1)
+	if ok || !strings.Contains(out, "meterline encryption migrate") {
+		t.Fatalf("encrypted start over plain tables:\n%s", out)
+	}
+	if treeDigest(t, dir) != before {
+		t.Fatal("the refused start changed the data directory")
+	}
+	// Stopped after the first table, then run again.
+	e := childKeys{1: k1}.encryption(1)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	_, err := EncryptPlainData(ctx, dir, e, func(p RotateProgress) { cancel() })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("stopped migration: %v", err)
+	}
+	res, err := EncryptPlainData(testCtx(t), dir, e, nil)
+	if err != nil || res.Tables == 0 {
+		t.Fatalf("migration: %+v, %v", res, err)
+	}
+	if hits := grepTree(t, dir, []byte(marker)); len(hits) > 0 {
+		t.Fatalf("marker still in plain after migration: %v", hits)
+	}
+	out, ok = runEncryptedChild(t, dir, tmp, "read", marker, childKeys{1: k1}, 1)
+	if !ok || !strings.Contains(out, "ROWS 5999 MARKED 5999") {
+		t.Fatalf("read after migration:\n%s", out)
+	}
+	out, ok = runEncryptedChild(t, dir, tmp, "read", marker, nil, 0)
+	if ok || !strings.Contains(out, "encryption is not configured") {
+		t.Fatalf("plain start after migration:\n%s", out)
+	}
+	again, err := EncryptPlainData(testCtx(t), dir, e, nil)
+	if err != nil || again.Tables != 0 {
+		t.Fatalf("second migration: %+v, %v", again, err)
+	}
+}

@@ -202,7 +202,7 @@ func parseKey(s string) ([]byte, error) {
 }
 
 func runEncryption(args []string, stdout, stderr io.Writer) error {
-	const synopsis = "encryption status|rotate|generate-key|server-config [flags]"
+	const synopsis = "encryption status|rotate|migrate|generate-key|server-config [flags]"
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "usage: meterline "+synopsis)
 		return errUsage
@@ -212,6 +212,8 @@ func runEncryption(args []string, stdout, stderr io.Writer) error {
 		return runEncryptionStatus(args[1:], stdout, stderr)
 	case "rotate":
 		return runEncryptionRotate(args[1:], stdout, stderr)
+	case "migrate":
+		return runEncryptionMigrate(args[1:], stdout, stderr)
 	case "generate-key":
 		return runEncryptionGenerateKey(args[1:], stdout, stderr)
 	case "server-config":
@@ -323,6 +325,43 @@ func runEncryptionRotate(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "re-encrypted %d file(s), %d bytes, with key %d\n", res.Files, res.Bytes, enc.CurrentKeyID)
 	printEncryptionStatus(stdout, res.Status)
+	return nil
+}
+
+func runEncryptionMigrate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("encryption migrate", "encryption migrate [--config FILE] [--quiet]", stderr)
+	var cf commonFlags
+	cf.registerFor(fs, flagsStore)
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, enc, err := encryptionForCommand(&cf)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	p := term.NewProgress(stderr, *quiet)
+	p.SetUnit("bytes")
+	started := false
+	res, err := store.EncryptPlainData(ctx, cfg.ClickHouse.DataDir, enc, func(pr store.RotateProgress) {
+		if !started {
+			p.Start(uint64(pr.TotalBytes))
+			started = true
+		}
+		p.Set(uint64(pr.Bytes), fmt.Sprintf("%d/%d files", pr.Files, pr.TotalFiles))
+	})
+	if started {
+		p.Finish()
+	}
+	if err != nil {
+		if errors.Is(err, store.ErrUnavailable) {
+			err = fmt.Errorf("%w\n(migration moves files the engine holds: stop `meterline serve` first)", err)
+		}
+		return err
+	}
+	fmt.Fprintf(stdout, "encrypted %d table(s), %d file(s), %d bytes, with key %d\n", res.Tables, res.Files, res.Bytes, enc.CurrentKeyID)
 	return nil
 }
 

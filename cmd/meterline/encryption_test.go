@@ -358,3 +358,36 @@ func TestEncryptionAtRestEndToEnd(t *testing.T) {
 		t.Fatalf("start without keys on encrypted data: %v %v\n%s", err, errors.As(err, &ee), out)
 	}
 }
+
+// A data directory that `meterline migrate` created without encryption:
+// refused once encryption is configured, encrypted by `meterline
+// encryption migrate`, then used as before.
+func TestEncryptionMigrateCommand(t *testing.T) {
+	testenv.Require(t, testenv.EnvChdb)
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	writeKeys(t, keys, "1 "+hexKey(t)+"\n", 0o600)
+	plain := writeFile(t, "clickhouse:\n  data_dir: "+filepath.Join(dir, "ch")+"\n")
+	enc := writeFile(t, "clickhouse:\n  data_dir: "+filepath.Join(dir, "ch")+"\n  encryption:\n    keys_file: "+keys+"\n")
+	if out, err := meterlineCmd(t, nil, "migrate", "--config", plain); err != nil {
+		t.Fatalf("plain migrate: %v\n%s", err, out)
+	}
+	if out, err := meterlineCmd(t, nil, "sql", "--config", plain, "INSERT INTO privacy_audit (at, action, customer_id) VALUES (now64(3), 'export', 'cust-QZPLAINQZ')"); err != nil {
+		t.Fatalf("insert: %v\n%s", err, out)
+	}
+	if out, err := meterlineCmd(t, nil, "migrate", "--config", enc); err == nil || !strings.Contains(out, "meterline encryption migrate") {
+		t.Fatalf("encrypted start over plain data: %v\n%s", err, out)
+	}
+	out, err := meterlineCmd(t, nil, "encryption", "migrate", "--config", enc)
+	if err != nil || !strings.Contains(out, "encrypted ") {
+		t.Fatalf("encryption migrate: %v\n%s", err, out)
+	}
+	if hits := grepDir(t, filepath.Join(dir, "ch"), "QZPLAINQZ"); len(hits) > 0 {
+		t.Fatalf("plain after migration: %v", hits)
+	}
+	cmd := exec.Command(binPath, "sql", "--config", enc, "SELECT count() FROM privacy_audit WHERE customer_id = 'cust-QZPLAINQZ'")
+	got, err := cmd.Output()
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(got)), "1") {
+		t.Fatalf("read after migration: %v\n%s", err, got)
+	}
+}
