@@ -48,16 +48,25 @@
 //     started has happened, and returns nil.
 //   - Query results are materialised whole by the engine (JSON, one row per
 //     line, then parsed lazily): bound large results with LIMIT.
-//   - Inserts are written as a file in ClickHouse's Native format (columns
-//     in binary; in /dev/shm where it exists) and read with INSERT ... FROM
-//     INFILE ... FORMAT Native, since binary data cannot be inlined (inline
-//     data ends at the first blank line and NUL byte). A column type or a
-//     value the Native encoder cannot write makes the insert fall back to
-//     inline JSONCompactEachRow, whose escaping keeps the data free of
-//     both. Each insert costs ~15 ms fixed, so batch 10k+ rows. Map values
-//     are written with sorted keys (both engines and both formats):
-//     ClickHouse keeps a Map's order, and a retried batch must be
-//     byte-identical for insert_deduplication_token to recognise it.
+//   - Inserts are written in ClickHouse's Native format (columns in
+//     binary) and read with INSERT ... FROM INFILE ... FORMAT Native, since
+//     binary data cannot be inlined (inline data ends at the first blank
+//     line and NUL byte). The data goes to an anonymous memory file
+//     (memfd_create, read as /proc/self/fd/N), so nothing reaches a file
+//     system; without memfd (not Linux) to a file in /dev/shm where it
+//     exists, unless the data is encrypted at rest, when such inserts go
+//     inline as JSON instead. A column type or a value the Native encoder
+//     cannot write makes the insert fall back to inline
+//     JSONCompactEachRow, whose escaping keeps the data free of both. Each
+//     insert costs ~15 ms fixed, so batch 10k+ rows. Map values are written
+//     with sorted keys (both engines and both formats): ClickHouse keeps a
+//     Map's order, and a retried batch must be byte-identical for
+//     insert_deduplication_token to recognise it.
+//   - Encryption (Config.Encryption) redefines the engine's default
+//     storage policy as an encrypted disk, so every table is encrypted
+//     whatever its DDL; the keys reach the engine through its C
+//     environment for the moment it boots, and a start whose keys do not
+//     fit the files' headers is refused before the engine starts.
 //   - A query string holding two statements runs both on the embedded
 //     engine (the server refuses it): pass one statement per call, and
 //     never build statements from input.

@@ -49,6 +49,8 @@ type engineState struct {
 	lib    *chdbLib
 	anchor *rawConn
 	refs   int
+	// encrypted tells whether the engine booted with encryption at rest.
+	encrypted bool
 }
 
 var (
@@ -97,7 +99,7 @@ func guardedLoad() (*chdbLib, error) {
 // there. A different path is an error: the library would otherwise refuse
 // the connection (or, through chdb-go's Session, silently hand back the
 // first directory).
-func acquireEngine(path string, maxMemory int64, log *slog.Logger) (*engineState, error) {
+func acquireEngine(path string, maxMemory int64, enc *Encryption, log *slog.Logger) (*engineState, error) {
 	engineMu.Lock()
 	defer engineMu.Unlock()
 	if engine != nil {
@@ -107,6 +109,9 @@ func acquireEngine(path string, maxMemory int64, log *slog.Logger) (*engineState
 		if maxMemory > 0 {
 			log.Warn("embedded engine already running; MaxMemoryBytes applies only when it boots", "path", path)
 		}
+		if (enc != nil) != engine.encrypted {
+			return nil, fmt.Errorf("store: the embedded engine already runs at %q with encryption %s; it cannot be switched without a restart", path, onOff(engine.encrypted))
+		}
 		engine.refs++
 		return engine, nil
 	}
@@ -114,17 +119,74 @@ func acquireEngine(path string, maxMemory int64, log *slog.Logger) (*engineState
 	if err != nil {
 		return nil, err
 	}
+	// Refuse, before the engine touches anything, keys that do not fit
+	// the files (the engine itself would fail half way through loading).
+	if err := checkDataDir(path, enc); err != nil {
+		return nil, err
+	}
 	args := []string{"--path=" + path}
 	if maxMemory > 0 {
 		args = append(args, "--max_server_memory_usage="+strconv.FormatInt(maxMemory, 10))
 	}
-	anchor, err := guardedConnect(lib, args, log)
-	if err != nil {
-		return nil, fmt.Errorf("%w: open embedded engine at %q: %v", ErrUnavailable, path, err)
+	unsetKeys := func() {}
+	if enc != nil {
+		confPath, err := prepareEncryptedBoot(path, enc)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--config-file="+confPath)
+		if unsetKeys, err = setKeyEnv(enc); err != nil {
+			return nil, err
+		}
+	} else {
+		_ = os.Remove(filepath.Join(path, storageConfigFile))
 	}
-	engine = &engineState{path: path, lib: lib, anchor: anchor, refs: 1}
-	log.Info("embedded ClickHouse engine started", "path", path, "max_memory_bytes", maxMemory)
+	anchor, err := guardedConnect(lib, args, log)
+	// The engine holds the keys in memory once it has booted.
+	unsetKeys()
+	if err != nil {
+		hint := ""
+		if enc != nil {
+			hint = " (with encryption: the engine's stderr names the file it could not read)"
+		}
+		return nil, fmt.Errorf("%w: open embedded engine at %q: %v%s", ErrUnavailable, path, err, hint)
+	}
+	if enc != nil {
+		if err := writeKeyRegistryFor(path, enc); err != nil {
+			anchor.close()
+			return nil, fmt.Errorf("store: record encryption key fingerprints: %w", err)
+		}
+	}
+	engine = &engineState{path: path, lib: lib, anchor: anchor, refs: 1, encrypted: enc != nil}
+	log.Info("embedded ClickHouse engine started", "path", path, "max_memory_bytes", maxMemory, "encryption", onOff(enc != nil))
 	return engine, nil
+}
+
+// prepareEncryptedBoot removes the temporaries of a killed rotation and
+// writes the engine configuration of the encrypted disk (no key in it).
+func prepareEncryptedBoot(path string, enc *Encryption) (string, error) {
+	if err := removeRotateTemps(path); err != nil {
+		return "", fmt.Errorf("store: encryption: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(path, encryptedDataDir), 0o750); err != nil {
+		return "", fmt.Errorf("store: encryption: %w", err)
+	}
+	conf, err := StorageConfigXML(filepath.Join(path, encryptedRoot)+"/", enc, encryptedPolicy)
+	if err != nil {
+		return "", fmt.Errorf("store: encryption: %w", err)
+	}
+	confPath := filepath.Join(path, storageConfigFile)
+	if err := writeFileAtomic(confPath, conf, 0o600); err != nil {
+		return "", fmt.Errorf("store: encryption: %w", err)
+	}
+	return confPath, nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // releaseEngine drops one reference; the last one shuts the engine down.
@@ -167,6 +229,9 @@ type embeddedConn struct {
 	forceSetParams bool
 	// jsonInserts sends every insert as inline JSON (benchmarks compare).
 	jsonInserts bool
+	// fileInserts writes Native inserts to a file in nativeDir even where
+	// a memory file exists (benchmarks compare).
+	fileInserts bool
 
 	// colTypes caches each table's column types (name -> type) for Native
 	// inserts. DDL through this Conn and a failed Native insert drop it.
@@ -189,7 +254,10 @@ func openEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (Conn, erro
 	if err != nil {
 		return nil, fmt.Errorf("store: database name: %w", err)
 	}
-	eng, err := acquireEngine(path, cfg.MaxMemoryBytes, log)
+	if err := cfg.Encryption.Validate(); err != nil {
+		return nil, fmt.Errorf("store: encryption: %w", err)
+	}
+	eng, err := acquireEngine(path, cfg.MaxMemoryBytes, cfg.Encryption, log)
 	if err != nil {
 		return nil, err
 	}
@@ -554,7 +622,8 @@ func (c *embeddedConn) nativeTypes(ctx context.Context, table string, columns []
 	return out, true, nil
 }
 
-// nativeDir holds the insert files: memory-backed where there is one.
+// nativeDir holds the insert files where no memory file (memFile) can be
+// made: memory-backed where there is one.
 var nativeDir = func() string {
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
 		if f, err := os.CreateTemp("/dev/shm", "meterline-probe-*"); err == nil {
@@ -566,6 +635,39 @@ var nativeDir = func() string {
 	return os.TempDir()
 }()
 
+// insertSource puts the Native data where FROM INFILE reads it: a memory
+// file (memfd, read by the engine through /proc/self/fd), which never
+// reaches a file system, where the platform has one; otherwise a file in
+// nativeDir, unless the data is encrypted at rest (errNoMemFile: nothing
+// may be written in plain then). done releases it.
+func (c *embeddedConn) insertSource(data []byte) (path string, done func(), err error) {
+	if !c.fileInserts {
+		path, done, err = memFile(data)
+		if !errors.Is(err, errNoMemFile) {
+			return path, done, err
+		}
+		if c.eng.encrypted {
+			return "", nil, errNoMemFile
+		}
+	}
+	f, err := os.CreateTemp(nativeDir, "meterline-insert-*.native")
+	if err != nil {
+		return "", nil, err
+	}
+	path = f.Name()
+	done = func() { os.Remove(path) }
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		done()
+		return "", nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		done()
+		return "", nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	return path, done, nil
+}
+
 // insertNative writes rows to a Native file and inserts it with FROM INFILE.
 // errNativeUnsupported means nothing was sent: a value did not fit its
 // column, and the caller falls back to JSON.
@@ -574,19 +676,16 @@ func (c *embeddedConn) insertNative(ctx context.Context, table string, columns [
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(nativeDir, "meterline-insert-*.native")
+	path, done, err := c.insertSource(data)
+	if errors.Is(err, errNoMemFile) {
+		// Encrypted at rest and no memory file here: the data must not
+		// touch a file system in plain, so it goes inline as JSON.
+		return errNativeUnsupported
+	}
 	if err != nil {
 		return fmt.Errorf("store: insert into %s: %w", table, err)
 	}
-	path := f.Name()
-	defer os.Remove(path)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("store: insert into %s: writing %s: %w", table, path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("store: insert into %s: writing %s: %w", table, path, err)
-	}
+	defer done()
 	qpath, err := quoteString(path)
 	if err != nil {
 		return err

@@ -136,7 +136,7 @@ func TestEmbeddedKeepsGoSignalHandlers(t *testing.T) {
 func TestEmbeddedCloseWaitsAndSharesEngine(t *testing.T) {
 	c := embeddedConnForTest(t, Config{})
 	// A second Conn on the same directory and database shares the engine.
-	c2, err := Open(testCtx(t), Config{DataDir: embeddedDir, Database: "hold"}, testLogger)
+	c2, err := Open(testCtx(t), Config{DataDir: embeddedDir, Database: "hold", Encryption: testEncryption}, testLogger)
 	if err != nil {
 		t.Fatal(err)
 	}

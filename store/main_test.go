@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +32,14 @@ var (
 	testCtxDeadline = 2 * time.Minute
 )
 
+// encryptTestsEnv, when set, runs the shared test engine encrypted at rest
+// (a random key, or the one it holds as 64 hex digits), so that every embedded test and benchmark can be
+// compared between the two: METERLINE_STORE_TEST_ENCRYPT=1 go test ./store
+const encryptTestsEnv = "METERLINE_STORE_TEST_ENCRYPT"
+
+// testEncryption is the shared engine's encryption (nil: off).
+var testEncryption *Encryption
+
 // testMaxMemory caps the test engine, which also proves the cap is passed.
 const testMaxMemory = 6 << 30
 
@@ -40,6 +50,9 @@ func TestMain(m *testing.M) {
 func runTests(m *testing.M) int {
 	if dir := os.Getenv(lockedDirEnv); dir != "" {
 		return lockedDirChild(dir)
+	}
+	if dir := os.Getenv(encryptedChildEnv); dir != "" {
+		return encryptedChild(dir)
 	}
 	dir, err := os.MkdirTemp("", "meterline-store-test-")
 	if err != nil {
@@ -52,7 +65,17 @@ func runTests(m *testing.M) int {
 	preOpenSignals = saveSignals()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := Open(ctx, Config{DataDir: dir, Database: "hold", MaxMemoryBytes: testMaxMemory}, testLogger)
+	if v := os.Getenv(encryptTestsEnv); v != "" {
+		// Child processes of this run inherit the key (as hex).
+		key, err := hex.DecodeString(v)
+		if err != nil || len(key) != 32 {
+			key = make([]byte, 32)
+			_, _ = rand.Read(key)
+			os.Setenv(encryptTestsEnv, hex.EncodeToString(key))
+		}
+		testEncryption = &Encryption{Keys: []EncryptionKey{{ID: 1, Key: key}}, CurrentKeyID: 1}
+	}
+	c, err := Open(ctx, Config{DataDir: dir, Database: "hold", MaxMemoryBytes: testMaxMemory, Encryption: testEncryption}, testLogger)
 	switch {
 	case err == nil:
 		embeddedHold = c
@@ -92,6 +115,7 @@ func embeddedConnForTest(t testing.TB, cfg Config) Conn {
 		t.Skip(embeddedSkip)
 	}
 	cfg.DataDir = embeddedDir
+	cfg.Encryption = testEncryption
 	if cfg.Database == "" {
 		cfg.Database = uniqueDB(t)
 	}
@@ -223,7 +247,11 @@ const lockedDirEnv = "METERLINE_STORE_TEST_LOCKED_DIR"
 func lockedDirChild(dir string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := Open(ctx, Config{DataDir: dir}, nil)
+	var enc *Encryption
+	if key, err := hex.DecodeString(os.Getenv(encryptTestsEnv)); err == nil && len(key) == 32 {
+		enc = &Encryption{Keys: []EncryptionKey{{ID: 1, Key: key}}, CurrentKeyID: 1}
+	}
+	c, err := Open(ctx, Config{DataDir: dir, Encryption: enc}, nil)
 	if err == nil {
 		_ = c.Close()
 		fmt.Println("opened a directory held by another process")

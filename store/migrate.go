@@ -64,6 +64,12 @@ type MigrateOptions struct {
 	// LedgerRetentionMonths is the TTL of the billing ledger and invoice
 	// log (default 12), baked in like RawRetentionMonths.
 	LedgerRetentionMonths int
+	// StoragePolicy, when set, is added as SETTINGS storage_policy to
+	// every MergeTree table the migrations (and Migrate itself) create, so
+	// that a server stores them on that policy's disks, e.g. an encrypted
+	// one (see StorageConfigXML). It does not touch tables that exist.
+	// Default empty: the engine's default policy.
+	StoragePolicy string
 	// FS holds the migration files NNNN_name.sql at its root. Nil means
 	// the files embedded in package schemas.
 	FS fs.FS
@@ -252,7 +258,10 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Exec(ctx, createMigrationsTable); err != nil {
+	if opts.StoragePolicy != "" && !validPolicyName(opts.StoragePolicy) {
+		return nil, fmt.Errorf("store: migrate: storage policy %q must match [A-Za-z_][A-Za-z0-9_]*", opts.StoragePolicy)
+	}
+	if err := c.Exec(ctx, withStoragePolicy(createMigrationsTable, opts.StoragePolicy)); err != nil {
 		return nil, fmt.Errorf("store: migrate: %w", err)
 	}
 	applied, err := readApplied(ctx, c)
@@ -289,7 +298,7 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 		}
 		start := time.Now()
 		for i, s := range stmts {
-			if err := c.Exec(ctx, s); err != nil {
+			if err := c.Exec(ctx, withStoragePolicy(s, opts.StoragePolicy)); err != nil {
 				return done, fmt.Errorf("store: migration %s, statement %d: %w", f.name, i+1, err)
 			}
 		}
@@ -345,6 +354,45 @@ func status(ctx context.Context, c Conn, fsys fs.FS) ([]MigrationStatus, error) 
 		out[i] = st
 	}
 	return out, nil
+}
+
+// createMergeTree matches a CREATE TABLE statement of a MergeTree-family
+// engine; settingsClause finds its SETTINGS clause (the last clause of
+// CREATE TABLE).
+var (
+	createMergeTree = regexp.MustCompile(`(?is)^\s*CREATE\s+TABLE\b.*\bENGINE\s*=\s*\w*MergeTree\b`)
+	settingsClause  = regexp.MustCompile(`(?i)\bSETTINGS\b`)
+)
+
+// withStoragePolicy adds storage_policy to a CREATE TABLE of the MergeTree
+// family; other statements, and any statement when policy is empty, pass
+// unchanged. policy has been checked to be a plain identifier.
+func withStoragePolicy(stmt, policy string) string {
+	if policy == "" || !createMergeTree.MatchString(stripLeadingComments(stmt)) {
+		return stmt
+	}
+	stmt = strings.TrimRight(strings.TrimSpace(stmt), ";")
+	setting := "storage_policy = '" + policy + "'"
+	if settingsClause.MatchString(stmt) {
+		return stmt + ", " + setting
+	}
+	return stmt + "\nSETTINGS " + setting
+}
+
+// stripLeadingComments drops the blanks and line comments before a
+// statement's first keyword.
+func stripLeadingComments(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n")
+		if !strings.HasPrefix(s, "--") {
+			return s
+		}
+		i := strings.IndexByte(s, '\n')
+		if i < 0 {
+			return ""
+		}
+		s = s[i+1:]
+	}
 }
 
 // splitStatements splits SQL text at semicolons that end a line, ignoring

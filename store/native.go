@@ -24,6 +24,10 @@ import (
 // errNativeUnsupported makes Insert fall back to inline JSON.
 var errNativeUnsupported = errors.New("not encodable as Native")
 
+// errNoMemFile means the platform cannot make an anonymous memory file
+// for an insert (see memFile).
+var errNoMemFile = errors.New("no memory file on this platform")
+
 type nativeKind int
 
 const (

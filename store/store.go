@@ -48,6 +48,12 @@ type Config struct {
 	// (max_server_memory_usage); 0 keeps the engine default of 90 % of RAM.
 	// It takes effect only on the Open that boots the engine.
 	MaxMemoryBytes int64
+	// Encryption turns on encryption at rest of the embedded engine's data
+	// (embedded only; nil, the default, stores it unencrypted). It takes
+	// effect only on the Open that boots the engine. A server encrypts
+	// with its own storage configuration (see StorageConfigXML and
+	// MigrateOptions.StoragePolicy).
+	Encryption *Encryption
 	// DialTimeout bounds connecting to the server (server only; default 5s).
 	DialTimeout time.Duration
 	// MaxOpenConns bounds the connections one Conn uses concurrently

@@ -85,7 +85,7 @@ func openForCommand(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Co
 	}
 	db, err := store.Open(ctx, sc, log)
 	if err != nil {
-		if len(cfg.ClickHouse.Addr) == 0 && !errors.Is(err, store.ErrNoLibrary) {
+		if len(cfg.ClickHouse.Addr) == 0 && !errors.Is(err, store.ErrNoLibrary) && !errors.Is(err, store.ErrEncryptionKey) {
 			err = fmt.Errorf("%w\n(the embedded engine's data directory %s can be open in one process only: stop `meterline serve`, or read through the HTTP API)", err, cfg.ClickHouse.DataDir)
 		}
 		return nil, nil, nil, err

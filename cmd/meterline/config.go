@@ -87,6 +87,15 @@ type ClickHouseConfig struct {
 	// MaxMemoryBytes caps the embedded engine's memory; 0 leaves the engine's
 	// default (90 % of RAM). Default 0.
 	MaxMemoryBytes int64 `yaml:"max_memory_bytes"`
+	// Encryption is encryption at rest of the embedded engine's data. Off
+	// by default (see EncryptionConfig).
+	Encryption EncryptionConfig `yaml:"encryption"`
+	// StoragePolicy is added as SETTINGS storage_policy to every table the
+	// migrations create, so that a ClickHouse server stores Meterline's
+	// tables on the policy's (encrypted) disks; see `meterline encryption
+	// server-config`. It applies to tables created after it is set.
+	// Default empty (the server's default policy).
+	StoragePolicy string `yaml:"storage_policy"`
 }
 
 // EventsConfig is the validation policy for incoming events.
@@ -226,6 +235,14 @@ func (c *Config) Validate() error {
 	if _, err := c.ClickHouse.TLS.Config(); err != nil {
 		errs = append(errs, fmt.Errorf("clickhouse.%w", err))
 	}
+	if enc, err := c.ClickHouse.Encryption.load(); err != nil {
+		errs = append(errs, err)
+	} else if enc != nil && len(c.ClickHouse.Addr) > 0 {
+		errs = append(errs, errors.New("clickhouse.encryption applies to the embedded engine; a ClickHouse server encrypts with its own storage configuration (meterline encryption server-config) and clickhouse.storage_policy"))
+	}
+	if p := c.ClickHouse.StoragePolicy; p != "" && !validIdent(p) {
+		errs = append(errs, fmt.Errorf("clickhouse.storage_policy: %q must match [A-Za-z_][A-Za-z0-9_]*", p))
+	}
 	if c.ClickHouse.MaxMemoryBytes < 0 {
 		errs = append(errs, errors.New("clickhouse.max_memory_bytes must not be negative"))
 	}
@@ -301,7 +318,7 @@ const EnvPrefix = "METERLINE_"
 
 // envIgnored are METERLINE_ variables that belong to scripts and tests, not
 // to the configuration.
-var envIgnored = []string{"METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG", "METERLINE_URL", "METERLINE_TOKEN", "METERLINE_INGEST_TOKEN"}
+var envIgnored = []string{encryptionKeyEnv, "METERLINE_CACHE", "METERLINE_RUN", "METERLINE_TEST_", "METERLINE_CONFIG", "METERLINE_URL", "METERLINE_TOKEN", "METERLINE_INGEST_TOKEN"}
 
 // loadConfig reads the file (if any), then the environment, and fills defaults.
 func loadConfig(path string, environ []string) (*Config, error) {
@@ -327,6 +344,11 @@ func loadConfig(path string, environ []string) (*Config, error) {
 	}
 	if err := applyEnv(c, environ); err != nil {
 		return nil, err
+	}
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, encryptionKeyEnv) {
+			c.ClickHouse.Encryption.envKeys = append(c.ClickHouse.Encryption.envKeys, kv)
+		}
 	}
 	c.applyDefaults()
 	return c, nil

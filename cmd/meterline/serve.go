@@ -75,7 +75,12 @@ func storeConfig(c *Config) (store.Config, error) {
 	if err != nil {
 		return store.Config{}, err
 	}
+	enc, err := c.ClickHouse.Encryption.load()
+	if err != nil {
+		return store.Config{}, err
+	}
 	return store.Config{
+		Encryption:     enc,
 		Addr:           c.ClickHouse.Addr,
 		Database:       c.ClickHouse.Database,
 		Username:       c.ClickHouse.Username,
@@ -90,7 +95,7 @@ func storeConfig(c *Config) (store.Config, error) {
 
 func migrateOptions(c *Config) store.MigrateOptions {
 	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths,
-		LedgerRetentionMonths: c.Retention.LedgerMonths}
+		LedgerRetentionMonths: c.Retention.LedgerMonths, StoragePolicy: c.ClickHouse.StoragePolicy}
 }
 
 // retentionRules is how long each table class keeps rows: raw events and
