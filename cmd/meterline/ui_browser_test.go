@@ -556,3 +556,40 @@ func TestUIEndedSessionBackToSignIn(t *testing.T) {
 	}
 	noConsoleErrors(t, tab)
 }
+
+// TestUIExpiredSessionBackToSignIn signs in with ui.session_max at its
+// shortest (1m) and keeps using the page: the session serves it until its
+// absolute expiry, then the next page is the sign-in form, naming the page
+// to return to, and the session cookie is gone. (Idle expiry is the same
+// path on the server; TestExpiredSession in web covers both clocks.)
+func TestUIExpiredSessionBackToSignIn(t *testing.T) {
+	s := startUIStack(t, "ui:\n  session_idle: 1m\n  session_max: 1m\n")
+	tab := testenv.Browser(t)
+	signIn(t, tab, s.base, e2eAdminToken)
+	page := "/ui/customers/acme"
+	served := 0
+	testenv.Eventually(t, 3*time.Minute, func() error {
+		if err := chromedp.Do(tab.Ctx, chromedp.Navigate(s.base+page), chromedp.WaitVisible(chromedp.CSS("main"))); err != nil {
+			return err
+		}
+		loc := location(t, tab, s.base)
+		if strings.HasPrefix(loc, "/ui/signin") {
+			if served == 0 {
+				t.Fatalf("the session was refused at once, at %s", loc)
+			}
+			if want := "/ui/signin?next=" + url.QueryEscape(page); loc != want {
+				t.Fatalf("expired session sent to %s, want %s", loc, want)
+			}
+			return nil
+		}
+		if loc != page {
+			t.Fatalf("at %s, want %s or the sign-in form", loc, page)
+		}
+		served++
+		return fmt.Errorf("session still active after %d pages", served)
+	})
+	if c := cookie(t, tab, s.base, "ml_session"); c != nil {
+		t.Fatalf("the expired session's cookie is still set: %+v", c)
+	}
+	noConsoleErrors(t, tab)
+}
