@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestMetricsStartAtZero checks that every known label value of the billing
@@ -34,6 +35,11 @@ func TestMetricsStartAtZero(t *testing.T) {
 		if series[name] != n {
 			t.Errorf("%s: %d series, want %d", name, series[name], n)
 		}
+	}
+	wreg := prometheus.NewPedanticRegistry()
+	NewWebhookHandler("whsec_x", nil, nil, wreg, nil)
+	if n, err := testutil.GatherAndCount(wreg, "meterline_billing_webhooks_total"); err != nil || n != 4 {
+		t.Errorf("meterline_billing_webhooks_total: %d series (%v), want 4 (recorded, ignored, rejected, error)", n, err)
 	}
 	if len(errorKinds) != 8 {
 		t.Errorf("errorKinds %v: the metric's help names 8 kinds", errorKinds)
