@@ -351,6 +351,29 @@ func TestPromtoolChecksAndUnitTestsRules(t *testing.T) {
 			}
 		}
 	}
+	// Every PromQL expression of the pipeline dashboard parses: each one,
+	// Grafana's variables replaced, becomes a recording rule that
+	// promtool checks.
+	grafanaVars := strings.NewReplacer("$__rate_interval", "5m", "$__interval", "1m", "$__range", "6h", `"$job"`, `".*"`)
+	var rec strings.Builder
+	rec.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	for where, expr := range observedExprs(t) {
+		if !strings.HasPrefix(where, "panel ") {
+			continue
+		}
+		n++
+		q, _ := json.Marshal(grafanaVars.Replace(expr)) // a JSON string is a YAML string
+		fmt.Fprintf(&rec, "      - record: dashboard:expr%d\n        expr: %s\n", n, q)
+	}
+	recFile := filepath.Join(t.TempDir(), "dashboard-exprs.yml")
+	if err := os.WriteFile(recFile, []byte(rec.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", recFile).CombinedOutput(); err != nil || !bytes.Contains(out, []byte(fmt.Sprintf("SUCCESS: %d rules found", n))) {
+		t.Errorf("the pipeline dashboard's expressions do not all parse: %v\n%s", err, out)
+	}
+
 	// promtool really evaluates: a rule file whose alert fires at the
 	// wrong time fails its test.
 	dir := t.TempDir()
