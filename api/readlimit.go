@@ -156,6 +156,9 @@ func NewLimiter(cfg ReadConfig, reg prometheus.Registerer) *Limiter {
 			Name: "meterline_api_requests_limited_total",
 			Help: "Read API requests refused with 429, by reason (concurrency, rate).",
 		}, []string{"reason"})}
+	// Both reasons start at zero, so dashboards show them before the first refusal.
+	l.refused.WithLabelValues("concurrency")
+	l.refused.WithLabelValues("rate")
 	if reg != nil {
 		reg.MustRegister(l.refused)
 	}

@@ -65,6 +65,10 @@ func NewWebhookHandler(secret string, db store.Conn, mapping *Mapping, prom prom
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meterline_billing_webhooks_total",
 			Help: "Stripe webhook requests by outcome (recorded, ignored, rejected, error)."}, []string{"outcome"})}
 	h.mapping.Store(mapping)
+	// Every outcome starts at zero, so dashboards show the series before the first webhook.
+	for _, o := range []string{"recorded", "ignored", "rejected", "error"} {
+		h.received.WithLabelValues(o)
+	}
 	if prom != nil {
 		_ = prom.Register(h.received)
 	}

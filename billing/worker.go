@@ -536,6 +536,9 @@ func (w *Worker) abandon(ctx context.Context, r *report, st *RunStats) {
 		"stripe_customer_id", r.stripeCustomerID, "identifier", r.identifier, "quantity", r.quantity.String())
 }
 
+// errorKinds are the values of meterline_billing_errors_total's kind label.
+var errorKinds = []string{"no_answer", "conflict", "rate_limited", "stripe_unavailable", "stripe_refused", "ledger", "clickhouse", "mapping"}
+
 // errorKind names the class of a failed attempt for the errors metric.
 func errorKind(a answer) string {
 	switch {
@@ -622,6 +625,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "meterline_billing_duplicate_identifiers_total",
 			Help: "Meter events Stripe refused as a duplicate identifier, recorded as acknowledged (an earlier attempt of unknown outcome had applied)."}),
 	}
+	// Every known label value starts at zero, so that dashboards and alert
+	// rules see the series (and an increase from it) before the first event.
+	for _, mode := range []string{ModeMeterEvents, ModeUsageRecords} {
+		m.units.WithLabelValues(mode)
+		for _, res := range []string{resultAcknowledged, resultRetrying, resultFailed, resultAbandoned, resultUnbillable} {
+			m.reports.WithLabelValues(mode, res)
+		}
+	}
+	for _, kind := range errorKinds {
+		m.errors.WithLabelValues(kind)
+	}
+	m.runs.WithLabelValues("ok")
+	m.runs.WithLabelValues("error")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.reports, m.errors, m.units, m.runs, m.runSeconds, m.lastRun, m.open, m.duplicates} {
 			// A second worker in one process (tests) keeps its own

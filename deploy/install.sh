@@ -13,7 +13,10 @@
 #   gateway      nginx with the Lua module and lua-nginx-kafka, for the
 #                example gateway in deploy/nginx and its test
 #   browser      chromium, the headless browser of the web interface's tests
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser]...
+#   promtool     Prometheus's promtool (package prometheus), which checks and
+#                unit-tests the alert rules in deploy/prometheus; the
+#                Prometheus server the package brings is left stopped
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser|promtool]...
 #        (default: kafka chdb stripe-mock schemathesis uplot)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
@@ -152,6 +155,37 @@ install_browser() {
 	[[ -x "$BROWSER_BIN" ]] || die "${BROWSER_PACKAGES[*]} is installed, yet $BROWSER_BIN is missing"
 }
 
+# Debian's prometheus package, for its promtool. Its postinst starts and
+# enables a Prometheus server where an init system runs: only promtool is
+# wanted, so a server the install started is stopped and disabled again.
+PROMTOOL_PACKAGES=(prometheus)
+PROMTOOL_BIN=/usr/bin/promtool
+
+install_promtool() {
+	if [[ -x "$PROMTOOL_BIN" ]]; then return; fi
+	command -v apt-get >/dev/null || die "the alert rules' tests need promtool from Debian's ${PROMTOOL_PACKAGES[*]}, and apt-get is not here: install promtool (Prometheus 2.x) by hand"
+	local sudo=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || die "installing ${PROMTOOL_PACKAGES[*]} needs root: run 'apt-get install ${PROMTOOL_PACKAGES[*]}' as root"
+		sudo=(sudo)
+	fi
+	local was_active=0
+	if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then was_active=1; fi
+	log "installing ${PROMTOOL_PACKAGES[*]} with apt-get, for promtool"
+	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+	if ! "${apt[@]}" install -y --no-install-recommends "${PROMTOOL_PACKAGES[@]}"; then
+		log "apt-get install failed; updating the package lists and trying again"
+		"${apt[@]}" update || die "apt-get update failed: cannot install ${PROMTOOL_PACKAGES[*]}"
+		"${apt[@]}" install -y --no-install-recommends "${PROMTOOL_PACKAGES[@]}" ||
+			die "apt-get could not install ${PROMTOOL_PACKAGES[*]}"
+	fi
+	if [[ $was_active -eq 0 ]] && command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+		log "stopping and disabling the prometheus service the package started (only promtool is used)"
+		"${sudo[@]}" systemctl disable --now prometheus || log "warning: could not stop the prometheus service: stop it with 'systemctl disable --now prometheus'"
+	fi
+	[[ -x "$PROMTOOL_BIN" ]] || die "${PROMTOOL_PACKAGES[*]} is installed, yet $PROMTOOL_BIN is missing"
+}
+
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot)
 for p in "${parts[@]}"; do
@@ -163,6 +197,7 @@ for p in "${parts[@]}"; do
 	uplot) install_uplot ;;
 	gateway) install_gateway ;;
 	browser) install_browser ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway or browser)" ;;
+	promtool) install_promtool ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway, browser or promtool)" ;;
 	esac
 done

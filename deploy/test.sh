@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: installs what is missing (deploy/install.sh, and its gateway
 # and browser parts: nginx for the gateway test, chromium for the browser
-# tests), starts the shared servers once (a
+# tests; promtool for the alert rules' tests), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
@@ -32,6 +32,15 @@ elif [[ -n "${CI:-}" ]]; then
 	die "chromium is required in CI"
 else
 	log "warning: chromium could not be installed; the browser tests will be skipped"
+fi
+# The alert rules' tests run Debian's promtool: without it they are
+# skipped, except in CI.
+if "$DEPLOY_DIR/install.sh" promtool; then
+	export METERLINE_TEST_PROMTOOL=/usr/bin/promtool
+elif [[ -n "${CI:-}" ]]; then
+	die "promtool is required in CI"
+else
+	log "warning: promtool could not be installed; the alert rules' tests will be skipped"
 fi
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/meterline-test.XXXXXX")"

@@ -295,6 +295,14 @@ func NewSink(cfg SinkConfig, kcfg KafkaConfig, events schemas.Options, anon Anon
 		Help: "Events dropped because their api_key_id and id were already stored with another time (the first stored copy wins).",
 	})
 	reg.MustRegister(s.m.storedDuplicates)
+	// Known label values start at zero, so that a rule on their rate sees
+	// the first dead letter or retry as an increase.
+	for _, class := range []string{"invalid", "unstorable", DeadLetterOwnership} {
+		s.m.deadLettered.WithLabelValues(class)
+	}
+	for _, op := range []string{"fetch", "insert", "dead_letter", "commit"} {
+		s.m.retries.WithLabelValues(op)
+	}
 	reg.MustRegister(s.m.stored, s.m.duplicates, s.m.deadLettered, s.m.batchEvents, s.m.insertDuration, s.m.retries, s.m.lag, s.m.lastFlush)
 	s.registerFaultMetrics(reg)
 	return s, nil

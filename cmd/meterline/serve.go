@@ -27,6 +27,7 @@ import (
 	"github.com/meterline/meterline/api"
 	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/httpx"
+	"github.com/meterline/meterline/internal/tlsutil"
 	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/store"
 )
@@ -334,7 +335,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 
 	srv := &http.Server{
 		Addr:              cfg.HTTP.Addr,
-		Handler:           mux,
+		Handler:           instrumentHTTP(mux, reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		WriteTimeout:      cfg.HTTP.ReadTimeout + 30*time.Second,
@@ -347,6 +348,9 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		return err
 	}
 	srv.TLSConfig = tlsCfg
+	if err := tlsutil.RegisterExpiry(reg, cfg.HTTP.TLS.CertFile, cfg.Kafka.TLS.CertFile, cfg.ClickHouse.TLS.CertFile); err != nil {
+		return err
+	}
 	warnPlainHTTP(log, cfg.HTTP.Addr, tlsCfg != nil)
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
