@@ -1,0 +1,341 @@
+package httpmeter
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/meterline/meterline/schemas"
+)
+
+// maxLoggedRejections bounds the log lines of one batch's rejections (a
+// KeyFunc gone wrong would otherwise log every request); the rest are
+// counted and summed up in one line.
+const maxLoggedRejections = 10
+
+// maxAnswerBytes bounds how much of the collector's answer is read.
+const maxAnswerBytes = 1 << 20
+
+// run is the sender: it cuts batches by size and by time and posts them one
+// after the other until Close.
+func (m *Meter) run() {
+	defer close(m.done)
+	batch := make([]record, 0, m.cfg.BatchSize)
+	timer := time.NewTimer(m.cfg.FlushInterval)
+	timer.Stop()
+	for {
+		select {
+		case ev := <-m.queue:
+			if len(batch) == 0 {
+				timer.Reset(m.cfg.FlushInterval)
+			}
+			batch = append(batch, ev)
+			if len(batch) >= m.cfg.BatchSize {
+				timer.Stop()
+				m.send(batch)
+				batch = batch[:0]
+			}
+		case <-timer.C:
+			m.send(batch)
+			batch = batch[:0]
+		case <-m.closing:
+			timer.Stop()
+			m.drain(batch)
+			return
+		}
+	}
+}
+
+// drain sends what is batched and queued, until the queue is empty or
+// Close's context ended.
+func (m *Meter) drain(batch []record) {
+	for {
+		for len(batch) < m.cfg.BatchSize {
+			select {
+			case ev := <-m.queue:
+				batch = append(batch, ev)
+				continue
+			default:
+			}
+			break
+		}
+		if len(batch) == 0 {
+			return
+		}
+		if m.stopCtx.Err() != nil {
+			m.stats.droppedUnsent.Add(uint64(len(batch) + len(m.queue)))
+			// What is still queued cannot be sent any more: count it once.
+			for {
+				select {
+				case <-m.queue:
+					continue
+				default:
+				}
+				break
+			}
+			return
+		}
+		m.send(batch)
+		batch = batch[:0]
+	}
+}
+
+// send encodes batch as gzip NDJSON in posts of at most MaxBatchBytes and
+// posts each.
+func (m *Meter) send(batch []record) {
+	var raw bytes.Buffer
+	var line []byte
+	var ids []string // event ids of the post, by index, for the logs
+	for i := range batch {
+		ev, err := batch[i].event(m.cfg.Gateway)
+		if err != nil {
+			m.stats.rejected.Add(1)
+			m.cfg.Logger.Warn("meterline event not sent: it cannot be encoded", "id", ev.ID, "err", err)
+			continue
+		}
+		line = ev.AppendJSON(line[:0])
+		line = append(line, '\n')
+		if raw.Len() > 0 && raw.Len()+len(line) > m.cfg.MaxBatchBytes {
+			m.post(raw.Bytes(), ids)
+			raw.Reset()
+			ids = ids[:0]
+		}
+		raw.Write(line)
+		ids = append(ids, ev.ID)
+	}
+	if raw.Len() > 0 {
+		m.post(raw.Bytes(), ids)
+	}
+}
+
+// event converts a record into the v1 event. An id that is not valid UTF-8
+// cannot be written as JSON without changing it, so such an event is
+// refused here rather than sent for another key.
+func (r *record) event(gateway string) (schemas.Event, error) {
+	var id [16]byte
+	for i := range 8 {
+		id[i] = byte(r.id[0] >> (8 * i))
+		id[8+i] = byte(r.id[1] >> (8 * i))
+	}
+	ev := schemas.Event{
+		ID:            hex.EncodeToString(id[:]),
+		Time:          r.start.UTC(),
+		APIKeyID:      r.apiKeyID,
+		CustomerID:    r.customerID,
+		Gateway:       gateway,
+		Method:        r.method,
+		Route:         r.route,
+		Status:        r.status,
+		LatencyMS:     float64(r.latency.Microseconds()) / 1000,
+		RequestBytes:  uint64(max(r.requestBytes, 0)),
+		ResponseBytes: uint64(max(r.respBytes, 0)),
+		UserAgent:     r.userAgent,
+		Units:         1,
+	}
+	if r.hasUnits {
+		ev.Units = r.units
+	}
+	if ap, err := netip.ParseAddrPort(r.remoteAddr); err == nil {
+		ev.ClientIP = ap.Addr().WithZone("").Unmap().String()
+	} else if a, err := netip.ParseAddr(r.remoteAddr); err == nil {
+		ev.ClientIP = a.WithZone("").Unmap().String()
+	}
+	for _, f := range []struct{ name, v string }{{"api_key_id", ev.APIKeyID}, {"customer_id", ev.CustomerID}, {"route", ev.Route}} {
+		if !utf8.ValidString(f.v) {
+			return ev, fmt.Errorf("field %q: must be valid UTF-8", f.name)
+		}
+	}
+	return ev, nil
+}
+
+// answer is the collector's 202 body.
+type answer struct {
+	Accepted int `json:"accepted"`
+	Rejected []struct {
+		Index int    `json:"index"`
+		Error string `json:"error"`
+	} `json:"rejected"`
+}
+
+// post sends one body until the collector answers it, retrying network
+// errors, 5xx and 429 with backoff. ids are the events' ids in order.
+func (m *Meter) post(raw []byte, ids []string) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write(raw)
+	_ = zw.Close()
+	body := gz.Bytes()
+	n := len(ids)
+
+	var deadline time.Time
+	for attempt := 0; ; attempt++ {
+		code, retryAfter, ans, err := m.attempt(body)
+		if m.stopCtx.Err() != nil && (err != nil || code != http.StatusAccepted) {
+			m.stats.droppedUnsent.Add(uint64(n))
+			m.cfg.Logger.Warn("meterline events not sent before the close deadline", "events", n)
+			return
+		}
+		switch {
+		case err == nil && code == http.StatusAccepted:
+			m.accepted(ans, ids)
+			return
+		case err == nil && code == http.StatusRequestEntityTooLarge && n > 1:
+			// A collector with smaller limits than the meter's: halve.
+			m.cfg.Logger.Info("meterline collector refused a batch as too large; sending it in halves", "events", n, "bytes", len(raw))
+			cut := cutLine(raw, n/2)
+			m.post(raw[:cut], ids[:n/2])
+			m.post(raw[cut:], ids[n/2:])
+			return
+		case err == nil && code != http.StatusTooManyRequests && code < 500:
+			m.stats.droppedRefused.Add(uint64(n))
+			m.cfg.Logger.Error("meterline collector refused a batch; its events are dropped", "status", code, "answer", ans.text, "events", n)
+			return
+		}
+		now := time.Now()
+		if attempt == 0 {
+			deadline = now.Add(m.cfg.MaxRetryTime)
+		}
+		wait := backoff(m.cfg.MinBackoff, m.cfg.MaxBackoff, attempt)
+		wait = max(wait, retryAfter)
+		if now.Add(wait).After(deadline) {
+			m.stats.droppedGave.Add(uint64(n))
+			m.cfg.Logger.Error("meterline collector unreachable; events dropped after retrying", "events", n, "attempts", attempt+1, "status", code, "err", errText(err))
+			return
+		}
+		m.cfg.Logger.Debug("meterline batch retried", "events", n, "status", code, "err", errText(err), "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-m.stopCtx.Done():
+			t.Stop()
+			m.stats.droppedUnsent.Add(uint64(n))
+			m.cfg.Logger.Warn("meterline events not sent before the close deadline", "events", n)
+			return
+		}
+		m.stats.retries.Add(1)
+	}
+}
+
+// collectorAnswer is a parsed answer; text keeps an error body for the logs.
+type collectorAnswer struct {
+	answer
+	text string
+}
+
+// attempt posts body once. It returns the status, the Retry-After the
+// collector asked for (0 when none) and its parsed 202 answer.
+func (m *Meter) attempt(body []byte) (int, time.Duration, collectorAnswer, error) {
+	ctx, cancel := context.WithTimeout(m.stopCtx, m.cfg.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, collectorAnswer{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	req.Header.Set("Content-Encoding", "gzip")
+	if m.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+m.cfg.Token)
+	}
+	resp, err := m.cfg.Client.Do(req)
+	if err != nil {
+		return 0, 0, collectorAnswer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
+	if err != nil {
+		return 0, 0, collectorAnswer{}, fmt.Errorf("reading the collector's answer: %w", err)
+	}
+	var ans collectorAnswer
+	if resp.StatusCode == http.StatusAccepted {
+		if err := json.Unmarshal(b, &ans.answer); err != nil {
+			// Not the collector's answer (a proxy's page?): the events may
+			// not have been accepted; retry them, the ids deduplicate.
+			return resp.StatusCode, 0, ans, fmt.Errorf("202 answer is not the collector's: %v", err)
+		}
+	} else {
+		ans.text = strings.TrimSpace(string(b[:min(len(b), 512)]))
+	}
+	return resp.StatusCode, retryAfter(resp.Header.Get("Retry-After"), time.Now()), ans, nil
+}
+
+// accepted counts a 202 answer and logs its rejections.
+func (m *Meter) accepted(ans collectorAnswer, ids []string) {
+	m.stats.sent.Add(uint64(ans.Accepted))
+	m.stats.rejected.Add(uint64(len(ans.Rejected)))
+	for i, rj := range ans.Rejected {
+		if i == maxLoggedRejections {
+			m.cfg.Logger.Warn("meterline events rejected by the collector (not logged one by one)", "more", len(ans.Rejected)-i)
+			break
+		}
+		id := ""
+		if rj.Index >= 0 && rj.Index < len(ids) {
+			id = ids[rj.Index]
+		}
+		m.cfg.Logger.Warn("meterline event rejected by the collector", slog.Int("index", rj.Index), slog.String("id", id), slog.String("reason", rj.Error))
+	}
+}
+
+// cutLine returns the offset just after the n-th newline of raw.
+func cutLine(raw []byte, n int) int {
+	off := 0
+	for range n {
+		i := bytes.IndexByte(raw[off:], '\n')
+		if i < 0 {
+			return len(raw)
+		}
+		off += i + 1
+	}
+	return off
+}
+
+// backoff is the wait before retry number attempt+1: full jitter over an
+// exponential ceiling from min, capped at max, never below min.
+func backoff(minWait, maxWait time.Duration, attempt int) time.Duration {
+	ceil := maxWait
+	if attempt < 30 {
+		ceil = min(maxWait, minWait<<attempt)
+	}
+	return minWait + rand.N(max(ceil-minWait, 0)+1)
+}
+
+// maxRetryAfter bounds what a collector (or something posing as one) can
+// make the meter wait.
+const maxRetryAfter = 5 * time.Minute
+
+// retryAfter parses a Retry-After header: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if s, err := strconv.ParseUint(v, 10, 32); err == nil {
+		d = time.Duration(s) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "request timed out: " + err.Error()
+	}
+	return err.Error()
+}
