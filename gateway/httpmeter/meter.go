@@ -28,6 +28,7 @@ type Meter struct {
 	stop      context.CancelFunc // Close's deadline passed: abandon what is left
 
 	stats counters
+	enc   encoder // the sender's
 }
 
 // record is what the middleware captures of one request. It goes through

@@ -613,3 +613,16 @@ func urlEscape(s string) string {
 	}
 	return b.String()
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestClientIP(t *testing.T) {
+	for in, want := range map[string]string{
+		"203.0.113.7:51234": "203.0.113.7", "[2001:db8::1]:443": "2001:db8::1", "[::ffff:198.51.100.9]:80": "198.51.100.9",
+		"[fe80::1%eth0]:80": "fe80::1", "198.51.100.1": "198.51.100.1", "@": "", "": "", "pipe": "", "[::1]:x": "",
+	} {
+		if got := clientIP(in); got != want {
+			t.Errorf("clientIP(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

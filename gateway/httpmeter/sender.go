@@ -93,45 +93,67 @@ func (m *Meter) drain(batch []record) {
 	}
 }
 
+// encoder holds the sender's buffers, reused from batch to batch.
+type encoder struct {
+	raw  bytes.Buffer // NDJSON of the post being built
+	gz   bytes.Buffer // its gzip
+	zw   *gzip.Writer
+	line []byte
+	ids  []string // event ids of the post, by index, for the logs
+	hex  []byte   // the batch's ids, converted to one string
+}
+
 // send encodes batch as gzip NDJSON in posts of at most MaxBatchBytes and
 // posts each.
 func (m *Meter) send(batch []record) {
-	var raw bytes.Buffer
-	var line []byte
-	var ids []string // event ids of the post, by index, for the logs
+	e := &m.enc
+	e.raw.Reset()
+	e.ids = e.ids[:0]
+	// One string holds every id of the batch: one allocation, not one per
+	// event.
+	e.hex = e.hex[:0]
 	for i := range batch {
-		ev, err := batch[i].event(m.cfg.Gateway)
+		e.hex = batch[i].appendID(e.hex)
+	}
+	allIDs := string(e.hex)
+	for i := range batch {
+		ev, err := batch[i].event(m.cfg.Gateway, allIDs[32*i:32*i+32])
 		if err != nil {
 			m.stats.rejected.Add(1)
 			m.cfg.Logger.Warn("meterline event not sent: it cannot be encoded", "id", ev.ID, "err", err)
 			continue
 		}
-		line = ev.AppendJSON(line[:0])
-		line = append(line, '\n')
-		if raw.Len() > 0 && raw.Len()+len(line) > m.cfg.MaxBatchBytes {
-			m.post(raw.Bytes(), ids)
-			raw.Reset()
-			ids = ids[:0]
+		e.line = ev.AppendJSON(e.line[:0])
+		e.line = append(e.line, '\n')
+		if e.raw.Len() > 0 && e.raw.Len()+len(e.line) > m.cfg.MaxBatchBytes {
+			m.post(e.raw.Bytes(), e.ids)
+			e.raw.Reset()
+			e.ids = e.ids[:0]
 		}
-		raw.Write(line)
-		ids = append(ids, ev.ID)
+		e.raw.Write(e.line)
+		e.ids = append(e.ids, ev.ID)
 	}
-	if raw.Len() > 0 {
-		m.post(raw.Bytes(), ids)
+	if e.raw.Len() > 0 {
+		m.post(e.raw.Bytes(), e.ids)
 	}
 }
 
-// event converts a record into the v1 event. An id that is not valid UTF-8
-// cannot be written as JSON without changing it, so such an event is
-// refused here rather than sent for another key.
-func (r *record) event(gateway string) (schemas.Event, error) {
+// appendID appends the record's id as 32 hex digits.
+func (r *record) appendID(dst []byte) []byte {
 	var id [16]byte
 	for i := range 8 {
 		id[i] = byte(r.id[0] >> (8 * i))
 		id[8+i] = byte(r.id[1] >> (8 * i))
 	}
+	return hex.AppendEncode(dst, id[:])
+}
+
+// event converts a record into the v1 event with the given id. An id that
+// is not valid UTF-8 cannot be written as JSON without changing it, so such
+// an event is refused here rather than sent for another key.
+func (r *record) event(gateway, id string) (schemas.Event, error) {
 	ev := schemas.Event{
-		ID:            hex.EncodeToString(id[:]),
+		ID:            id,
 		Time:          r.start.UTC(),
 		APIKeyID:      r.apiKeyID,
 		CustomerID:    r.customerID,
@@ -142,23 +164,43 @@ func (r *record) event(gateway string) (schemas.Event, error) {
 		LatencyMS:     float64(r.latency.Microseconds()) / 1000,
 		RequestBytes:  uint64(max(r.requestBytes, 0)),
 		ResponseBytes: uint64(max(r.respBytes, 0)),
+		ClientIP:      clientIP(r.remoteAddr),
 		UserAgent:     r.userAgent,
 		Units:         1,
 	}
 	if r.hasUnits {
 		ev.Units = r.units
 	}
-	if ap, err := netip.ParseAddrPort(r.remoteAddr); err == nil {
-		ev.ClientIP = ap.Addr().WithZone("").Unmap().String()
-	} else if a, err := netip.ParseAddr(r.remoteAddr); err == nil {
-		ev.ClientIP = a.WithZone("").Unmap().String()
-	}
-	for _, f := range []struct{ name, v string }{{"api_key_id", ev.APIKeyID}, {"customer_id", ev.CustomerID}, {"route", ev.Route}} {
+	for _, f := range [...]struct{ name, v string }{{"api_key_id", ev.APIKeyID}, {"customer_id", ev.CustomerID}, {"route", ev.Route}} {
 		if !utf8.ValidString(f.v) {
 			return ev, fmt.Errorf("field %q: must be valid UTF-8", f.name)
 		}
 	}
 	return ev, nil
+}
+
+// clientIP returns the address of a RemoteAddr ("203.0.113.7:5123",
+// "[2001:db8::1]:443"), or "" when it holds none (a Unix socket). The
+// address's own text is kept when it is already plain (no zone, not an
+// IPv4-mapped IPv6), which saves an allocation per event.
+func clientIP(remoteAddr string) string {
+	host := remoteAddr
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		host = strings.TrimPrefix(remoteAddr[:strings.LastIndexByte(remoteAddr, ':')], "[")
+		host = strings.TrimSuffix(host, "]")
+		if a := ap.Addr(); a.Zone() != "" || a.Is4In6() {
+			return a.WithZone("").Unmap().String()
+		}
+		return host
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return ""
+	}
+	if a.Zone() != "" || a.Is4In6() {
+		return a.WithZone("").Unmap().String()
+	}
+	return host
 }
 
 // answer is the collector's 202 body.
@@ -173,11 +215,18 @@ type answer struct {
 // post sends one body until the collector answers it, retrying network
 // errors, 5xx and 429 with backoff. ids are the events' ids in order.
 func (m *Meter) post(raw []byte, ids []string) {
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	_, _ = zw.Write(raw)
-	_ = zw.Close()
-	body := gz.Bytes()
+	e := &m.enc
+	e.gz.Reset()
+	if e.zw == nil {
+		e.zw, _ = gzip.NewWriterLevel(&e.gz, gzip.BestSpeed) // a valid level: no error
+	} else {
+		e.zw.Reset(&e.gz)
+	}
+	_, _ = e.zw.Write(raw)
+	_ = e.zw.Close()
+	// The halves of a split batch are compressed into the same buffer, so
+	// this post's body is a copy.
+	body := bytes.Clone(e.gz.Bytes())
 	n := len(ids)
 
 	var deadline time.Time
