@@ -39,8 +39,9 @@ type Config struct {
 	// SendUserAgent sends the request's User-Agent header in the events.
 	// Default false: no request header is sent.
 	SendUserAgent bool
-	// QueueSize is the number of events held for sending; when it is full,
-	// new events are dropped and counted. Default 10000.
+	// QueueSize is the most events the meter holds, queued or in a batch
+	// being sent; when it holds that many, new events are dropped and
+	// counted. Default 10000.
 	QueueSize int
 	// BatchSize is the most events one POST carries. Default 1000 (the
 	// collector takes up to events.max_batch_events, 10000 by default).

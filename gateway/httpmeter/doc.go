@@ -26,10 +26,13 @@
 //
 // Routes: under Go's ServeMux the template is the matched pattern
 // (r.Pattern, without its method and host), read after the handler
-// returned. Other routers name it through Config.RouteFunc (chi:
+// returned; ServeMux sets it on the request it was given, so put the
+// middleware directly around the mux (a middleware in between that replaces
+// the request, as r.WithContext does, hides the pattern). Other routers name it through Config.RouteFunc (chi:
 // chi.RouteContext(r.Context()).RoutePattern()) or from inside the handler
 // with SetRoute (gin: c.FullPath(); echo: c.Path()), which finds the
-// middleware's writer under the router's own through Unwrap. SetUnits sets
+// middleware's writer under the router's own through the Unwrap method
+// those writers have for http.ResponseController. SetUnits sets
 // the billable units of a request (default 1). The wrapped writer keeps
 // http.Flusher and http.Hijacker exactly when the server's writer has them,
 // io.ReaderFrom (sendfile), and Unwrap for http.ResponseController.

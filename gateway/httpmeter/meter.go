@@ -18,7 +18,7 @@ import (
 type Meter struct {
 	cfg   Config
 	url   string
-	queue chan record
+	queue *queue
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -31,8 +31,8 @@ type Meter struct {
 	enc   encoder // the sender's
 }
 
-// record is what the middleware captures of one request. It goes through
-// the queue by value, so metering a request allocates nothing beyond the
+// record is what the middleware captures of one request. It is copied into
+// the queue's buffers, so metering a request allocates nothing beyond the
 // response writer's wrapper.
 type record struct {
 	start        time.Time
@@ -53,9 +53,9 @@ type record struct {
 
 // counters back Stats and the Prometheus metrics.
 type counters struct {
-	enqueued, sent, rejected, retries             atomic.Uint64
-	droppedQueueFull, droppedRefused, droppedGave atomic.Uint64
-	droppedUnsent, droppedClosed                  atomic.Uint64
+	sent, rejected, retries                    atomic.Uint64
+	droppedRefused, droppedGave, droppedUnsent atomic.Uint64
+	droppedClosed                              atomic.Uint64
 }
 
 // Stats are the meter's counts since New.
@@ -82,13 +82,24 @@ type Stats struct {
 	DroppedUnsent uint64
 	// DroppedClosed counts requests that ended after Close began.
 	DroppedClosed uint64
-	// QueueDepth is the number of events waiting in the queue now.
+	// QueueDepth is the number of events held now: queued, or in a batch
+	// being sent. It is at most Config.QueueSize.
 	QueueDepth int
 }
 
 // New returns a Meter that sends to cfg.Endpoint. It reports every invalid
 // setting at once, and an error when the metrics cannot be registered.
 func New(cfg Config) (*Meter, error) {
+	m, err := newMeter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	go m.run()
+	return m, nil
+}
+
+// newMeter is New without the sender.
+func newMeter(cfg Config) (*Meter, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("httpmeter: %w", err)
@@ -96,7 +107,7 @@ func New(cfg Config) (*Meter, error) {
 	m := &Meter{
 		cfg:     cfg,
 		url:     strings.TrimSuffix(cfg.Endpoint, "/") + "/v1/events",
-		queue:   make(chan record, cfg.QueueSize),
+		queue:   newQueue(cfg.QueueSize, cfg.BatchSize),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -106,14 +117,15 @@ func New(cfg Config) (*Meter, error) {
 			return nil, fmt.Errorf("httpmeter: registering metrics: %w", err)
 		}
 	}
-	go m.run()
 	return m, nil
 }
 
 // Middleware returns next wrapped: every request it answers becomes one
 // event, queued without blocking. The request is never slowed by the
 // collector nor failed by the meter: when the queue is full the event is
-// dropped and counted. A handler that panics is not metered.
+// dropped and counted. A handler that panics is not metered. As net/http
+// requires, the handler must not use its ResponseWriter (nor call SetRoute
+// or SetUnits on it) after it returned: the meter reuses it.
 func (m *Meter) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -126,6 +138,7 @@ func (m *Meter) Middleware(next http.Handler) http.Handler {
 		next.ServeHTTP(ww, r)
 		latency := time.Since(start)
 		m.record(r, rec, body, start, latency)
+		release(ww, rec)
 	})
 }
 
@@ -173,12 +186,7 @@ func (m *Meter) record(r *http.Request, rec *recorder, body *countingBody, start
 	if m.cfg.SendUserAgent {
 		ev.userAgent = r.UserAgent()
 	}
-	select {
-	case m.queue <- ev:
-		m.stats.enqueued.Add(1)
-	default:
-		m.stats.droppedQueueFull.Add(1)
-	}
+	m.queue.put(&ev)
 }
 
 // patternPath returns the path of a ServeMux pattern ("GET example.com/a/{id}"
@@ -192,17 +200,18 @@ func patternPath(p string) string {
 
 // Stats returns the meter's counts.
 func (m *Meter) Stats() Stats {
+	enqueued, dropped, held := m.queue.counts()
 	return Stats{
-		Enqueued:                m.stats.enqueued.Load(),
+		Enqueued:                enqueued,
 		Sent:                    m.stats.sent.Load(),
 		Rejected:                m.stats.rejected.Load(),
 		Retries:                 m.stats.retries.Load(),
-		DroppedQueueFull:        m.stats.droppedQueueFull.Load(),
+		DroppedQueueFull:        dropped,
 		DroppedRefused:          m.stats.droppedRefused.Load(),
 		DroppedRetriesExhausted: m.stats.droppedGave.Load(),
 		DroppedUnsent:           m.stats.droppedUnsent.Load(),
 		DroppedClosed:           m.stats.droppedClosed.Load(),
-		QueueDepth:              len(m.queue),
+		QueueDepth:              held,
 	}
 }
 

@@ -334,14 +334,14 @@ func TestRequestAnswersWhileCollectorHangs(t *testing.T) {
 		}
 	}
 	st := m.Stats()
-	if st.Enqueued != 4 || st.DroppedQueueFull != 7 || st.QueueDepth != 3 {
-		t.Fatalf("stats %+v, want 4 enqueued (1 in flight, 3 queued) and 7 dropped", st)
+	if st.Enqueued != 3 || st.DroppedQueueFull != 8 || st.QueueDepth != 3 {
+		t.Fatalf("stats %+v, want 3 enqueued (1 in flight, 2 queued) and 8 dropped", st)
 	}
 	close(s.released)
 	if err := m.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if st := m.Stats(); st.Sent != 4 || len(s.stored()) != 4 {
+	if st := m.Stats(); st.Sent != 3 || st.QueueDepth != 0 || len(s.stored()) != 3 {
 		t.Fatalf("stats %+v, stored %d", st, len(s.stored()))
 	}
 }
@@ -527,7 +527,7 @@ meterline_client_events_enqueued_total 5
 # HELP meterline_client_events_sent_total Events the collector accepted.
 # TYPE meterline_client_events_sent_total counter
 meterline_client_events_sent_total 5
-# HELP meterline_client_queue_depth Events waiting in the queue.
+# HELP meterline_client_queue_depth Events held: queued, or in a batch being sent.
 # TYPE meterline_client_queue_depth gauge
 meterline_client_queue_depth 0
 `

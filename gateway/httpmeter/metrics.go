@@ -14,7 +14,7 @@ var (
 	descDropped = prometheus.NewDesc("meterline_client_events_dropped_total",
 		"Events not sent: queue_full, refused (a 4xx for the whole batch), retries_exhausted, unsent (Close's deadline), closed (request ended after Close).", []string{"reason"}, nil)
 	descDepth = prometheus.NewDesc("meterline_client_queue_depth",
-		"Events waiting in the queue.", nil, nil)
+		"Events held: queued, or in a batch being sent.", nil, nil)
 	descCapacity = prometheus.NewDesc("meterline_client_queue_capacity",
 		"Events the queue holds when full (Config.QueueSize).", nil, nil)
 )
@@ -44,5 +44,5 @@ func (c *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descDropped, s.DroppedUnsent, "unsent")
 	counter(descDropped, s.DroppedClosed, "closed")
 	ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, float64(s.QueueDepth))
-	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(cap(c.m.queue)))
+	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(c.m.queue.capacity))
 }

@@ -29,67 +29,50 @@ const maxLoggedRejections = 10
 // maxAnswerBytes bounds how much of the collector's answer is read.
 const maxAnswerBytes = 1 << 20
 
-// run is the sender: it cuts batches by size and by time and posts them one
-// after the other until Close.
+// run is the sender: it posts each batch the queue fills, the partial
+// batch every FlushInterval, and everything at Close.
 func (m *Meter) run() {
 	defer close(m.done)
-	batch := make([]record, 0, m.cfg.BatchSize)
-	timer := time.NewTimer(m.cfg.FlushInterval)
-	timer.Stop()
+	tick := time.NewTicker(m.cfg.FlushInterval)
+	defer tick.Stop()
+	var batches [][]record
 	for {
+		partial := false
 		select {
-		case ev := <-m.queue:
-			if len(batch) == 0 {
-				timer.Reset(m.cfg.FlushInterval)
-			}
-			batch = append(batch, ev)
-			if len(batch) >= m.cfg.BatchSize {
-				timer.Stop()
-				m.send(batch)
-				batch = batch[:0]
-			}
-		case <-timer.C:
-			m.send(batch)
-			batch = batch[:0]
+		case <-m.queue.ready:
+		case <-tick.C:
+			partial = true
 		case <-m.closing:
-			timer.Stop()
-			m.drain(batch)
+			m.drain()
 			return
 		}
+		batches = m.queue.take(partial, batches[:0])
+		for _, b := range batches {
+			m.send(b)
+			m.queue.done(b)
+		}
+		clear(batches)
 	}
 }
 
-// drain sends what is batched and queued, until the queue is empty or
-// Close's context ended.
-func (m *Meter) drain(batch []record) {
+// drain sends everything held, until nothing is left or Close's context
+// ended; what is left then is counted as unsent.
+func (m *Meter) drain() {
+	var batches [][]record
 	for {
-		for len(batch) < m.cfg.BatchSize {
-			select {
-			case ev := <-m.queue:
-				batch = append(batch, ev)
-				continue
-			default:
-			}
-			break
-		}
-		if len(batch) == 0 {
+		batches = m.queue.take(true, batches[:0])
+		if len(batches) == 0 {
 			return
 		}
-		if m.stopCtx.Err() != nil {
-			m.stats.droppedUnsent.Add(uint64(len(batch) + len(m.queue)))
-			// What is still queued cannot be sent any more: count it once.
-			for {
-				select {
-				case <-m.queue:
-					continue
-				default:
-				}
-				break
+		for _, b := range batches {
+			if m.stopCtx.Err() != nil {
+				m.stats.droppedUnsent.Add(uint64(len(b)))
+			} else {
+				m.send(b)
 			}
-			return
+			m.queue.done(b)
 		}
-		m.send(batch)
-		batch = batch[:0]
+		clear(batches)
 	}
 }
 

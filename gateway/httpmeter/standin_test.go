@@ -51,6 +51,13 @@ func (s *standInCollector) serve(w http.ResponseWriter, r *http.Request) {
 	answer, arrived, released := s.answer, s.arrived, s.released
 	s.headers = append(s.headers, r.Header.Clone())
 	s.mu.Unlock()
+	// The body is read first, so that the server notices when the meter
+	// gives up on the request (its context ends).
+	posted, err := io.ReadAll(r.Body)
+	if err != nil {
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(posted))
 	if arrived != nil {
 		arrived <- struct{}{}
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 )
 
 // recorder wraps a handler's ResponseWriter and records what the meter
@@ -21,6 +22,7 @@ type recorder struct {
 	route      string
 	hijacked   bool
 	wroteFinal bool
+	kind       uint8 // which of the four types holds it, for release
 }
 
 func (rw *recorder) Header() http.Header { return rw.w.Header() }
@@ -101,26 +103,63 @@ func (rw *flushHijackRecorder) Flush() { rw.flush() }
 
 func (rw *flushHijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) { return rw.hijack() }
 
-// wrap returns the writer the handler gets and its recorder (one
-// allocation).
+// Writers are recycled: net/http forbids using a ResponseWriter after
+// ServeHTTP returned, so once the event is recorded the wrapper is free, and
+// metering a request allocates nothing.
+var (
+	poolFlushHijack = sync.Pool{New: func() any { return new(flushHijackRecorder) }}
+	poolFlush       = sync.Pool{New: func() any { return new(flushRecorder) }}
+	poolHijack      = sync.Pool{New: func() any { return new(hijackRecorder) }}
+	poolPlain       = sync.Pool{New: func() any { return new(recorder) }}
+)
+
+// wrap returns the writer the handler gets and its recorder; release gives
+// them back.
 func wrap(w http.ResponseWriter) (http.ResponseWriter, *recorder) {
 	_, f := w.(http.Flusher)
 	_, h := w.(http.Hijacker)
 	switch {
 	case f && h:
-		x := &flushHijackRecorder{recorder{w: w}}
+		x := poolFlushHijack.Get().(*flushHijackRecorder)
+		x.recorder = recorder{w: w, kind: kindFlushHijack}
 		return x, &x.recorder
 	case f:
-		x := &flushRecorder{recorder{w: w}}
+		x := poolFlush.Get().(*flushRecorder)
+		x.recorder = recorder{w: w, kind: kindFlush}
 		return x, &x.recorder
 	case h:
-		x := &hijackRecorder{recorder{w: w}}
+		x := poolHijack.Get().(*hijackRecorder)
+		x.recorder = recorder{w: w, kind: kindHijack}
 		return x, &x.recorder
 	default:
-		x := &recorder{w: w}
+		x := poolPlain.Get().(*recorder)
+		*x = recorder{w: w, kind: kindPlain}
 		return x, x
 	}
 }
+
+// release returns the writer wrap gave, after the handler returned.
+func release(ww http.ResponseWriter, rec *recorder) {
+	kind := rec.kind
+	*rec = recorder{}
+	switch kind {
+	case kindFlushHijack:
+		poolFlushHijack.Put(ww)
+	case kindFlush:
+		poolFlush.Put(ww)
+	case kindHijack:
+		poolHijack.Put(ww)
+	default:
+		poolPlain.Put(ww)
+	}
+}
+
+const (
+	kindPlain uint8 = iota
+	kindFlush
+	kindHijack
+	kindFlushHijack
+)
 
 // find returns the meter's recorder under w, following Unwrap through the
 // writers other middleware (gin, echo, chi's) put around it.
