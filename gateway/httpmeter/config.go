@@ -62,7 +62,9 @@ type Config struct {
 	// never shorter than the collector's Retry-After. Defaults 100ms and 30s.
 	MinBackoff, MaxBackoff time.Duration
 	// MaxRetryTime is how long a batch is retried after its first attempt
-	// failed before its events are dropped and counted. Default 1m.
+	// failed before its events are dropped and counted; a Retry-After that
+	// reaches past it (at most 5 minutes are honoured) drops them at once.
+	// Default 1m.
 	MaxRetryTime time.Duration
 	// Client sends the batches. Default: a client of its own over a clone of
 	// http.DefaultTransport.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -625,4 +626,51 @@ func TestClientIP(t *testing.T) {
 			t.Errorf("clientIP(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestHostileCollectorAnswers: what answers as the collector cannot make the
+// meter believe events were stored, nor hold it for long.
+func TestHostileCollectorAnswers(t *testing.T) {
+	t.Run("202 that is not the collector's answer is retried", func(t *testing.T) {
+		s := newStandIn(t)
+		orig := s.srv.Config.Handler
+		var posts atomic.Int64
+		s.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if posts.Add(1) == 1 {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusAccepted)
+				_, _ = io.WriteString(w, "<html>"+strings.Repeat("x", 1<<20)) // a proxy's page, over a megabyte
+				return
+			}
+			orig.ServeHTTP(w, r)
+		})
+		m := testMeter(t, s, nil)
+		h := m.Middleware(http.NotFoundHandler())
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("X-Api-Key-Id", "k")
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		if err := m.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if st := m.Stats(); st.Sent != 1 || st.Retries != 1 || posts.Load() != 2 {
+			t.Fatalf("stats %+v after %d posts", st, posts.Load())
+		}
+	})
+	t.Run("Retry-After past MaxRetryTime gives up at once", func(t *testing.T) {
+		s := newStandIn(t)
+		s.answer = func(int) (int, http.Header) { return 503, http.Header{"Retry-After": {"99999999"}} }
+		m := testMeter(t, s, func(c *Config) { c.MaxRetryTime = time.Minute })
+		h := m.Middleware(http.NotFoundHandler())
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("X-Api-Key-Id", "k")
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := m.Close(ctx); err != nil {
+			t.Fatal(err) // it did not wait for the deadline: nothing was left to send
+		}
+		if st := m.Stats(); st.DroppedRetriesExhausted != 1 || st.Retries != 0 || s.postCount() != 1 {
+			t.Fatalf("stats %+v after %d posts", st, s.postCount())
+		}
+	})
 }

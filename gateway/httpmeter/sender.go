@@ -26,8 +26,9 @@ import (
 // counted and summed up in one line.
 const maxLoggedRejections = 10
 
-// maxAnswerBytes bounds how much of the collector's answer is read.
-const maxAnswerBytes = 1 << 20
+// maxAnswerBytes bounds how much of the collector's answer is read: room
+// for a rejection of each of 10,000 events (under 512 bytes each).
+const maxAnswerBytes = 16 << 20
 
 // run is the sender: it posts each batch the queue fills, the partial
 // batch every FlushInterval, and everything at Close.
