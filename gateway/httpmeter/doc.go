@@ -35,7 +35,9 @@
 // those writers have for http.ResponseController. SetUnits sets
 // the billable units of a request (default 1). The wrapped writer keeps
 // http.Flusher and http.Hijacker exactly when the server's writer has them,
-// io.ReaderFrom (sendfile), and Unwrap for http.ResponseController.
+// io.ReaderFrom (sendfile), and Unwrap for http.ResponseController. A
+// handler that wrote nothing is metered as 200, as net/http answers it; a
+// hijacked connection as 101 unless a status was written before.
 //
 // Each event has a random 128-bit id (32 hex digits) and the request's start
 // time in UTC. A batch is posted when it holds Config.BatchSize events or

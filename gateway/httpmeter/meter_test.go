@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -673,4 +674,39 @@ func TestHostileCollectorAnswers(t *testing.T) {
 			t.Fatalf("stats %+v after %d posts", st, s.postCount())
 		}
 	})
+}
+
+// TestBadUnits: units the JSON cannot carry are refused before sending;
+// negative units are sent and rejected by the collector's rules, one by
+// one, while the good event of the same batch is stored.
+func TestBadUnits(t *testing.T) {
+	s := newStandIn(t)
+	var logs bytes.Buffer
+	m := testMeter(t, s, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.FlushInterval = time.Hour
+	})
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, _ := strconv.ParseFloat(r.URL.Query().Get("u"), 64)
+		SetUnits(w, u)
+	}))
+	for _, u := range []string{"NaN", "Inf", "-1", "3"} {
+		r := httptest.NewRequest("GET", "/?u="+u, nil)
+		r.Header.Set("X-Api-Key-Id", "k")
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Stats(); st.Sent != 1 || st.Rejected != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	if evs := s.stored(); len(evs) != 1 || evs[0].Units != 3 {
+		t.Fatalf("stored %+v", evs)
+	}
+	for _, want := range []string{"NaN is not a finite number", "+Inf is not a finite number", `field \"units\"`, "rejected by the collector"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -133,8 +134,9 @@ func (r *record) appendID(dst []byte) []byte {
 }
 
 // event converts a record into the v1 event with the given id. An id that
-// is not valid UTF-8 cannot be written as JSON without changing it, so such
-// an event is refused here rather than sent for another key.
+// is not valid UTF-8, or units that are not a finite number, cannot be
+// written as JSON without changing them, so such an event is refused here
+// rather than sent for another key or another quantity.
 func (r *record) event(gateway, id string) (schemas.Event, error) {
 	ev := schemas.Event{
 		ID:            id,
@@ -154,6 +156,11 @@ func (r *record) event(gateway, id string) (schemas.Event, error) {
 	}
 	if r.hasUnits {
 		ev.Units = r.units
+	}
+	if math.IsNaN(ev.Units) || math.IsInf(ev.Units, 0) {
+		// JSON has no such number: it would be sent as null, which the
+		// collector takes for the default of 1 unit.
+		return ev, fmt.Errorf("field \"units\": %v is not a finite number", ev.Units)
 	}
 	for _, f := range [...]struct{ name, v string }{{"api_key_id", ev.APIKeyID}, {"customer_id", ev.CustomerID}, {"route", ev.Route}} {
 		if !utf8.ValidString(f.v) {
