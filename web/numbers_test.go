@@ -186,6 +186,14 @@ func TestOverviewEqualsAPI(t *testing.T) {
 		if c.table == "top-keys" {
 			col = 2
 		}
+		if c.table == "top-keys" && len(rows) > 0 && len(rows[0]) > 1 {
+			// Every key row links to its key page (the fixture's store
+			// holds other tests' keys too, so which keys make the top ten
+			// is not this test's to say).
+			if href := `href="/ui/customers/` + url.PathEscape(rows[0][1]) + `/keys/` + url.PathEscape(rows[0][0]) + `"`; !strings.Contains(p.body, href) {
+				t.Errorf("the top key %s of %s does not link to its key page (%s)", rows[0][0], rows[0][1], href)
+			}
+		}
 		var prev uint64 = math.MaxUint64
 		for _, tr := range rows {
 			if tr[0] == "(no customer)" || tr[0] == "(no route)" {
@@ -197,9 +205,6 @@ func TestOverviewEqualsAPI(t *testing.T) {
 			}
 			prev = n
 		}
-	}
-	if !strings.Contains(p.body, `href="/ui/customers/`+f.acme+`/keys/`+f.k1+`"`) {
-		t.Errorf("the top keys do not link to the key page of %s", f.k1)
 	}
 	// Customer sessions get no overview.
 	c := f.browser()
