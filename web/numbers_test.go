@@ -186,12 +186,16 @@ func TestOverviewEqualsAPI(t *testing.T) {
 		if c.table == "top-keys" {
 			col = 2
 		}
-		if c.table == "top-keys" && len(rows) > 0 && len(rows[0]) > 1 {
-			// Every key row links to its key page (the fixture's store
-			// holds other tests' keys too, so which keys make the top ten
-			// is not this test's to say).
-			if href := `href="/ui/customers/` + url.PathEscape(rows[0][1]) + `/keys/` + url.PathEscape(rows[0][0]) + `"`; !strings.Contains(p.body, href) {
-				t.Errorf("the top key %s of %s does not link to its key page (%s)", rows[0][0], rows[0][1], href)
+		if c.table == "top-keys" {
+			// A key row links to its key page when the key is this
+			// fixture's (the shared store also holds other tests' keys,
+			// which this fixture's catalogue does not know).
+			for _, tr := range rows {
+				if len(tr) > 1 && tr[1] == f.acme {
+					if href := `href="/ui/customers/` + url.PathEscape(tr[1]) + `/keys/` + url.PathEscape(tr[0]) + `"`; !strings.Contains(p.body, href) {
+						t.Errorf("the top key %s of %s does not link to its key page (%s)", tr[0], tr[1], href)
+					}
+				}
 			}
 		}
 		var prev uint64 = math.MaxUint64
