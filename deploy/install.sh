@@ -94,6 +94,28 @@ install_uplot() {
 	rm -rf "$tmp"
 }
 
+# apt_install WHAT PACKAGE...: installs Debian packages with apt-get (as
+# root, or through sudo), updating the package lists once if the first try
+# fails; WHAT names what needs them in the messages. The caller has checked
+# that apt-get exists. Sets SUDO (empty or "sudo") for later commands.
+SUDO=()
+apt_install() {
+	local what=$1
+	shift
+	SUDO=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || die "installing $* needs root: run 'apt-get install $*' as root"
+		SUDO=(sudo)
+	fi
+	log "installing $* with apt-get${what:+ ($what)}"
+	local apt=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+	if ! "${apt[@]}" install -y --no-install-recommends "$@"; then
+		log "apt-get install failed; updating the package lists and trying again"
+		"${apt[@]}" update || die "apt-get update failed: cannot install $*"
+		"${apt[@]}" install -y --no-install-recommends "$@" || die "apt-get could not install $*"
+	fi
+}
+
 # What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
 # (Debian 12's nginx-light is nginx plus the echo module; nginx is enough.)
 GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka)
@@ -113,19 +135,7 @@ gateway_missing() {
 install_gateway() {
 	if ! gateway_missing; then return; fi
 	command -v apt-get >/dev/null || die "the gateway needs Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07) by hand"
-	local sudo=()
-	if [[ $(id -u) -ne 0 ]]; then
-		command -v sudo >/dev/null || die "installing ${GATEWAY_PACKAGES[*]} needs root: run 'apt-get install ${GATEWAY_PACKAGES[*]}' as root"
-		sudo=(sudo)
-	fi
-	log "installing ${GATEWAY_PACKAGES[*]} with apt-get (Debian also starts its nginx service; the gateway and its test run their own)"
-	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-	if ! "${apt[@]}" install -y --no-install-recommends "${GATEWAY_PACKAGES[@]}"; then
-		log "apt-get install failed; updating the package lists and trying again"
-		"${apt[@]}" update || die "apt-get update failed: cannot install ${GATEWAY_PACKAGES[*]}"
-		"${apt[@]}" install -y --no-install-recommends "${GATEWAY_PACKAGES[@]}" ||
-			die "apt-get could not install ${GATEWAY_PACKAGES[*]}"
-	fi
+	apt_install "Debian also starts its nginx service; the gateway and its test run their own" "${GATEWAY_PACKAGES[@]}"
 	if gateway_missing; then
 		die "${GATEWAY_PACKAGES[*]} are installed, yet nginx or one of ${GATEWAY_FILES[*]} is missing"
 	fi
@@ -139,19 +149,7 @@ BROWSER_BIN=/usr/bin/chromium
 install_browser() {
 	if [[ -x "$BROWSER_BIN" ]]; then return; fi
 	command -v apt-get >/dev/null || die "the browser tests need Debian's ${BROWSER_PACKAGES[*]}, and apt-get is not here: install chromium by hand"
-	local sudo=()
-	if [[ $(id -u) -ne 0 ]]; then
-		command -v sudo >/dev/null || die "installing ${BROWSER_PACKAGES[*]} needs root: run 'apt-get install ${BROWSER_PACKAGES[*]}' as root"
-		sudo=(sudo)
-	fi
-	log "installing ${BROWSER_PACKAGES[*]} with apt-get"
-	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-	if ! "${apt[@]}" install -y --no-install-recommends "${BROWSER_PACKAGES[@]}"; then
-		log "apt-get install failed; updating the package lists and trying again"
-		"${apt[@]}" update || die "apt-get update failed: cannot install ${BROWSER_PACKAGES[*]}"
-		"${apt[@]}" install -y --no-install-recommends "${BROWSER_PACKAGES[@]}" ||
-			die "apt-get could not install ${BROWSER_PACKAGES[*]}"
-	fi
+	apt_install "" "${BROWSER_PACKAGES[@]}"
 	[[ -x "$BROWSER_BIN" ]] || die "${BROWSER_PACKAGES[*]} is installed, yet $BROWSER_BIN is missing"
 }
 
@@ -164,24 +162,12 @@ PROMTOOL_BIN=/usr/bin/promtool
 install_promtool() {
 	if [[ -x "$PROMTOOL_BIN" ]]; then return; fi
 	command -v apt-get >/dev/null || die "the alert rules' tests need promtool from Debian's ${PROMTOOL_PACKAGES[*]}, and apt-get is not here: install promtool (Prometheus 2.x) by hand"
-	local sudo=()
-	if [[ $(id -u) -ne 0 ]]; then
-		command -v sudo >/dev/null || die "installing ${PROMTOOL_PACKAGES[*]} needs root: run 'apt-get install ${PROMTOOL_PACKAGES[*]}' as root"
-		sudo=(sudo)
-	fi
 	local was_active=0
 	if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then was_active=1; fi
-	log "installing ${PROMTOOL_PACKAGES[*]} with apt-get, for promtool"
-	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-	if ! "${apt[@]}" install -y --no-install-recommends "${PROMTOOL_PACKAGES[@]}"; then
-		log "apt-get install failed; updating the package lists and trying again"
-		"${apt[@]}" update || die "apt-get update failed: cannot install ${PROMTOOL_PACKAGES[*]}"
-		"${apt[@]}" install -y --no-install-recommends "${PROMTOOL_PACKAGES[@]}" ||
-			die "apt-get could not install ${PROMTOOL_PACKAGES[*]}"
-	fi
+	apt_install "for promtool" "${PROMTOOL_PACKAGES[@]}"
 	if [[ $was_active -eq 0 ]] && command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
 		log "stopping and disabling the prometheus service the package started (only promtool is used)"
-		"${sudo[@]}" systemctl disable --now prometheus || log "warning: could not stop the prometheus service: stop it with 'systemctl disable --now prometheus'"
+		"${SUDO[@]}" systemctl disable --now prometheus || log "warning: could not stop the prometheus service: stop it with 'systemctl disable --now prometheus'"
 	fi
 	[[ -x "$PROMTOOL_BIN" ]] || die "${PROMTOOL_PACKAGES[*]} is installed, yet $PROMTOOL_BIN is missing"
 }

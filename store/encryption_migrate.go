@@ -5,7 +5,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -36,17 +35,7 @@ type MigrateResult struct {
 // encrypted or fresh volume where that matters.
 func EncryptPlainData(ctx context.Context, dir string, e *Encryption, progress func(RotateProgress)) (MigrateResult, error) {
 	var res MigrateResult
-	if err := e.Validate(); err != nil {
-		return res, fmt.Errorf("store: encryption: %w", err)
-	}
-	if e == nil {
-		return res, errors.New("store: encryption is not configured")
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return res, err
-	}
-	unlock, err := lockDataDir(dir)
+	dir, unlock, err := lockForRewrite(dir, e)
 	if err != nil {
 		return res, err
 	}

@@ -219,17 +219,7 @@ type RotateResult struct {
 // are not configured stop the rotation before anything changes.
 func RotateKeys(ctx context.Context, dir string, e *Encryption, progress func(RotateProgress)) (RotateResult, error) {
 	var res RotateResult
-	if err := e.Validate(); err != nil {
-		return res, fmt.Errorf("store: encryption: %w", err)
-	}
-	if e == nil {
-		return res, errors.New("store: encryption is not configured")
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return res, err
-	}
-	unlock, err := lockDataDir(dir)
+	dir, unlock, err := lockForRewrite(dir, e)
 	if err != nil {
 		return res, err
 	}
@@ -382,4 +372,24 @@ func reencryptFile(f encFile, oldKey, newKey []byte, newFP [16]byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// lockForRewrite is what rotate and migrate do first: check the keys, make
+// dir absolute and take the engine's lock on it.
+func lockForRewrite(dir string, e *Encryption) (string, func(), error) {
+	if e == nil {
+		return "", nil, errors.New("store: encryption is not configured")
+	}
+	if err := e.Validate(); err != nil {
+		return "", nil, fmt.Errorf("store: encryption: %w", err)
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	unlock, err := lockDataDir(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, unlock, nil
 }

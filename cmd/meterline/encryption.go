@@ -291,36 +291,13 @@ func printEncryptionStatus(w io.Writer, st store.EncryptionStatus) {
 }
 
 func runEncryptionRotate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("encryption rotate", "encryption rotate [--config FILE] [--quiet]", stderr)
-	var cf commonFlags
-	cf.registerFor(fs, flagsStore)
-	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	cfg, enc, err := encryptionForCommand(&cf)
+	var res store.RotateResult
+	enc, err := rewriteFiles("rotate", "rotation rewrites", args, stderr,
+		func(ctx context.Context, dir string, enc *store.Encryption, progress func(store.RotateProgress)) (err error) {
+			res, err = store.RotateKeys(ctx, dir, enc, progress)
+			return err
+		})
 	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	p := term.NewProgress(stderr, *quiet)
-	p.SetUnit("bytes")
-	started := false
-	res, err := store.RotateKeys(ctx, cfg.ClickHouse.DataDir, enc, func(pr store.RotateProgress) {
-		if !started {
-			p.Start(uint64(pr.TotalBytes))
-			started = true
-		}
-		p.Set(uint64(pr.Bytes), fmt.Sprintf("%d/%d files", pr.Files, pr.TotalFiles))
-	})
-	if started {
-		p.Finish()
-	}
-	if err != nil {
-		if errors.Is(err, store.ErrUnavailable) {
-			err = fmt.Errorf("%w\n(rotation rewrites files the engine holds: stop `meterline serve` first)", err)
-		}
 		return err
 	}
 	fmt.Fprintf(stdout, "re-encrypted %d file(s), %d bytes, with key %d\n", res.Files, res.Bytes, enc.CurrentKeyID)
@@ -329,23 +306,41 @@ func runEncryptionRotate(args []string, stdout, stderr io.Writer) error {
 }
 
 func runEncryptionMigrate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("encryption migrate", "encryption migrate [--config FILE] [--quiet]", stderr)
+	var res store.MigrateResult
+	enc, err := rewriteFiles("migrate", "migration moves", args, stderr,
+		func(ctx context.Context, dir string, enc *store.Encryption, progress func(store.RotateProgress)) (err error) {
+			res, err = store.EncryptPlainData(ctx, dir, enc, progress)
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "encrypted %d table(s), %d file(s), %d bytes, with key %d\n", res.Tables, res.Files, res.Bytes, enc.CurrentKeyID)
+	return nil
+}
+
+// rewriteFiles is what rotate and migrate share: their flags, the keys,
+// a progress bar over the bytes rewritten, and the hint when the engine
+// holds the files (doing says what the command does to them).
+func rewriteFiles(name, doing string, args []string, stderr io.Writer,
+	run func(ctx context.Context, dir string, enc *store.Encryption, progress func(store.RotateProgress)) error) (*store.Encryption, error) {
+	fs := newFlagSet("encryption "+name, "encryption "+name+" [--config FILE] [--quiet]", stderr)
 	var cf commonFlags
 	cf.registerFor(fs, flagsStore)
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	if err := parse(fs, args); err != nil {
-		return err
+		return nil, err
 	}
 	cfg, enc, err := encryptionForCommand(&cf)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	p := term.NewProgress(stderr, *quiet)
 	p.SetUnit("bytes")
 	started := false
-	res, err := store.EncryptPlainData(ctx, cfg.ClickHouse.DataDir, enc, func(pr store.RotateProgress) {
+	err = run(ctx, cfg.ClickHouse.DataDir, enc, func(pr store.RotateProgress) {
 		if !started {
 			p.Start(uint64(pr.TotalBytes))
 			started = true
@@ -355,14 +350,10 @@ func runEncryptionMigrate(args []string, stdout, stderr io.Writer) error {
 	if started {
 		p.Finish()
 	}
-	if err != nil {
-		if errors.Is(err, store.ErrUnavailable) {
-			err = fmt.Errorf("%w\n(migration moves files the engine holds: stop `meterline serve` first)", err)
-		}
-		return err
+	if errors.Is(err, store.ErrUnavailable) {
+		err = fmt.Errorf("%w\n(%s files the engine holds: stop `meterline serve` first)", err, doing)
 	}
-	fmt.Fprintf(stdout, "encrypted %d table(s), %d file(s), %d bytes, with key %d\n", res.Tables, res.Files, res.Bytes, enc.CurrentKeyID)
-	return nil
+	return enc, err
 }
 
 func runEncryptionGenerateKey(args []string, stdout, stderr io.Writer) error {
