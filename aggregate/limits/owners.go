@@ -28,6 +28,10 @@ type KeyPeriod struct {
 	From time.Time `yaml:"from"`
 	// Until is when the customer stops holding it (exclusive).
 	Until time.Time `yaml:"until"`
+	// KeyState: disabled, not_before and expires_at, as in the keys list.
+	// Ownership (From, Until) says whose usage the key's events are;
+	// the state says whether gateways let its requests through.
+	KeyState `yaml:",inline"`
 }
 
 // Ownership is one span during which a customer holds a key (both plain
@@ -48,6 +52,7 @@ func (o Ownership) Covers(t time.Time) bool {
 type ownedPeriod struct {
 	customer    string
 	from, until time.Time
+	state       *KeyState // nil: active
 }
 
 // AllKeys returns every key the customer holds or held: Keys, then the
@@ -145,7 +150,12 @@ func indexKeyPeriods(c *Catalogue) map[string][]ownedPeriod {
 	out := map[string][]ownedPeriod{}
 	for _, cu := range c.Customers {
 		for _, p := range cu.KeyPeriods {
-			out[p.Key] = append(out[p.Key], ownedPeriod{customer: cu.ID, from: p.From, until: p.Until})
+			op := ownedPeriod{customer: cu.ID, from: p.From, until: p.Until}
+			if !p.KeyState.isZero() {
+				st := p.KeyState
+				op.state = &st
+			}
+			out[p.Key] = append(out[p.Key], op)
 		}
 	}
 	for _, ps := range out {
@@ -157,15 +167,41 @@ func indexKeyPeriods(c *Catalogue) map[string][]ownedPeriod {
 // ownerAt returns the customer that holds key at t: a plain key first,
 // then the key period that covers t.
 func (ix *index) ownerAt(key string, t time.Time) (string, bool) {
+	c, _, ok := ix.keyAt(key, t)
+	return c, ok
+}
+
+// activeState is the state of a key without one.
+var activeState = &KeyState{}
+
+// keyAt returns the customer that holds key at t and the key's state in
+// that entry (never nil; shared: do not modify).
+func (ix *index) keyAt(key string, t time.Time) (string, *KeyState, bool) {
 	if c, ok := ix.keys[key]; ok {
-		return c, true
+		if st := ix.states[key]; st != nil {
+			return c, st, true
+		}
+		return c, activeState, true
 	}
 	for _, p := range ix.periods[key] {
 		if (p.from.IsZero() || !t.Before(p.from)) && (p.until.IsZero() || t.Before(p.until)) {
-			return p.customer, true
+			if p.state != nil {
+				return p.customer, p.state, true
+			}
+			return p.customer, activeState, true
 		}
 	}
-	return "", false
+	return "", nil, false
+}
+
+// KeyStateAt returns the customer that holds apiKeyID at t and the key's
+// state there.
+func (r *Registry) KeyStateAt(apiKeyID string, t time.Time) (string, KeyState, bool) {
+	c, st, ok := r.cur.Load().keyAt(apiKeyID, t)
+	if !ok {
+		return "", KeyState{}, false
+	}
+	return c, *st, true
 }
 
 // OwnerAt returns the customer that holds apiKeyID at time t, as the

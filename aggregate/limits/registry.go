@@ -2,10 +2,12 @@ package limits
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/url"
@@ -53,6 +55,15 @@ type Plan struct {
 	// a customer with a webhook is alerted once per period, e.g. [0.8, 1.0].
 	// They need IncludedUnits > 0: a fraction of nothing is always crossed.
 	AlertThresholds []float64 `yaml:"alert_thresholds"`
+	// RateLimits are per-key request rates that gateways enforce (sliding
+	// windows, see RateLimit), e.g. [{per: 1s, requests: 20}, {per: 1m,
+	// requests: 600}]. At most 8, each window once. Empty: no rate limit.
+	RateLimits []RateLimit `yaml:"rate_limits"`
+	// BillRejected bills requests a gateway refuses (over a rate or hard
+	// limit, or with a key that is not active) as the units the gateway
+	// reports. Default false: a gateway reports refused requests with 0
+	// units, so they are counted as requests but not billed.
+	BillRejected bool `yaml:"bill_rejected"`
 }
 
 // Customer is one entry of the customer list.
@@ -73,8 +84,16 @@ type Customer struct {
 	// shared secret.
 	AlertWebhookSecretsFile string `yaml:"alert_webhook_secrets_file"`
 	// Keys are the public ids of the customer's API keys. A key belongs to
-	// exactly one customer.
-	Keys []string `yaml:"keys"`
+	// exactly one customer. The file's keys list (KeyEntries) fills it.
+	Keys []string `yaml:"-"`
+	// KeyStates are the states of those of Keys that are not simply active
+	// (disabled, not_before, expires_at); a key without one is active. The
+	// file's keys list fills it.
+	KeyStates map[string]KeyState `yaml:"-"`
+	// KeyEntries is the keys list as the file writes it: plain ids, or
+	// mappings with a KeyState. ParseCatalogue derives Keys and KeyStates
+	// from it; a catalogue built in code sets those two instead.
+	KeyEntries []KeyEntry `yaml:"keys"`
 	// KeyPeriods are keys the customer holds for a time span only: a key
 	// that moved to or from another customer, or was replaced. An event of
 	// such a key is attributed by its own time. See KeyPeriod.
@@ -150,6 +169,7 @@ func ParseCatalogue(data []byte) (*Catalogue, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("more than one YAML document")
 	}
+	c.splitKeyEntries()
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -209,6 +229,7 @@ func (c *Catalogue) Validate() error {
 			}
 			seen[t] = true
 		}
+		errs = append(errs, validateRateLimits(name, p.RateLimits)...)
 	}
 
 	customers := make(map[string]bool, len(c.Customers))
@@ -257,6 +278,7 @@ func (c *Catalogue) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateKeyPeriods()...)
+	errs = append(errs, c.validateKeyStates()...)
 	if len(errs) > maxReportedErrors {
 		// Every problem is worth reporting, but a generated or hostile file
 		// can hold millions; the error is logged whole.
@@ -336,6 +358,7 @@ func isLoopback(host string) bool {
 type index struct {
 	cat       *Catalogue
 	keys      map[string]string        // api key id -> customer id
+	states    map[string]*KeyState     // api key id (plain keys) -> state, when not simply active
 	periods   map[string][]ownedPeriod // api key id -> time-bounded owners, by from
 	customers map[string]*Customer
 	plans     map[string]*compiledPlan
@@ -348,6 +371,10 @@ type compiledPlan struct {
 	hardLimit *float64 // nil when the plan has none
 }
 
+// noRateLimits is the (empty, non-nil) rate limits of a plan without any,
+// so that JSON answers carry [] rather than null.
+var noRateLimits = []RateLimit{}
+
 func newIndex(c *Catalogue) *index {
 	if c == nil {
 		c = &Catalogue{}
@@ -355,6 +382,7 @@ func newIndex(c *Catalogue) *index {
 	ix := &index{
 		cat:       c,
 		keys:      make(map[string]string),
+		states:    make(map[string]*KeyState),
 		customers: make(map[string]*Customer, len(c.Customers)),
 		plans:     make(map[string]*compiledPlan, len(c.Plans)),
 	}
@@ -368,6 +396,11 @@ func newIndex(c *Catalogue) *index {
 		cp := &compiledPlan{Plan: *p}
 		cp.AlertThresholds = slices.Clone(p.AlertThresholds)
 		slices.Sort(cp.AlertThresholds)
+		cp.RateLimits = slices.Clone(p.RateLimits)
+		slices.SortFunc(cp.RateLimits, func(a, b RateLimit) int { return cmp.Compare(a.Per, b.Per) })
+		if len(cp.RateLimits) == 0 {
+			cp.RateLimits = noRateLimits
+		}
 		if p.HardLimit > 0 {
 			h := p.HardLimit
 			cp.hardLimit = &h
@@ -383,6 +416,9 @@ func newIndex(c *Catalogue) *index {
 		for _, k := range cu.Keys {
 			if _, dup := ix.keys[k]; !dup {
 				ix.keys[k] = cu.ID
+				if st, ok := cu.KeyStates[k]; ok && !st.isZero() {
+					ix.states[k] = &st
+				}
 			}
 		}
 	}
@@ -455,6 +491,7 @@ func (r *Registry) Plan(id string) (Plan, bool) {
 	}
 	out := p.Plan
 	out.AlertThresholds = slices.Clone(p.AlertThresholds)
+	out.RateLimits = slices.Clone(p.RateLimits)
 	return out, true
 }
 
@@ -472,6 +509,8 @@ func (r *Registry) Customers() []Customer {
 // catalogue through it.
 func cloneCustomer(c Customer) Customer {
 	c.Keys = slices.Clone(c.Keys)
+	c.KeyStates = maps.Clone(c.KeyStates)
+	c.KeyEntries = slices.Clone(c.KeyEntries)
 	c.KeyPeriods = slices.Clone(c.KeyPeriods)
 	return c
 }

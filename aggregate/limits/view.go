@@ -182,6 +182,19 @@ type Limit struct {
 	// be missing. StalenessSeconds is the caller's now minus AsOf.
 	AsOf             time.Time `json:"as_of"`
 	StalenessSeconds float64   `json:"staleness_seconds"`
+	// Status is the key's status at the caller's now: active, or
+	// disabled, expired or not_yet_valid (a gateway answers those 403).
+	Status KeyStatus `json:"status"`
+	// NotBefore and ExpiresAt are the key's validity bounds, nil when it
+	// has none. Like HardLimit they point into shared data.
+	NotBefore *time.Time `json:"not_before,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// RateLimits are the plan's per-key rate limits, shortest window
+	// first; empty when it has none. Shared: do not modify.
+	RateLimits []RateLimit `json:"rate_limits"`
+	// BillRejected: the plan bills requests a gateway refuses; otherwise
+	// a gateway reports them with 0 units.
+	BillRejected bool `json:"bill_rejected"`
 }
 
 // snapshot is one refresh's result. It is never modified after it is
@@ -339,7 +352,7 @@ func periodOf(t time.Time) (start, next time.Time) {
 // had been used. StalenessSeconds tells the caller how old that is.
 func (v *View) Lookup(apiKeyID string, now time.Time) (Limit, error) {
 	ix := v.reg.cur.Load()
-	custID, ok := ix.ownerAt(apiKeyID, now)
+	custID, st, ok := ix.keyAt(apiKeyID, now)
 	if !ok {
 		return Limit{}, ErrUnknownKey
 	}
@@ -358,14 +371,23 @@ func (v *View) Lookup(apiKeyID string, now time.Time) (Limit, error) {
 		return Limit{}, ErrStale
 	}
 	l := Limit{
-		APIKeyID:    apiKeyID,
-		CustomerID:  custID,
-		PlanID:      plan.ID,
-		Included:    plan.IncludedUnits,
-		HardLimit:   plan.hardLimit,
-		PeriodStart: s.periodStart,
-		ResetAt:     s.resetAt,
-		AsOf:        s.asOf,
+		APIKeyID:     apiKeyID,
+		CustomerID:   custID,
+		PlanID:       plan.ID,
+		Included:     plan.IncludedUnits,
+		HardLimit:    plan.hardLimit,
+		PeriodStart:  s.periodStart,
+		ResetAt:      s.resetAt,
+		AsOf:         s.asOf,
+		Status:       st.StatusAt(now),
+		RateLimits:   plan.RateLimits,
+		BillRejected: plan.BillRejected,
+	}
+	if !st.NotBefore.IsZero() {
+		l.NotBefore = &st.NotBefore
+	}
+	if !st.ExpiresAt.IsZero() {
+		l.ExpiresAt = &st.ExpiresAt
 	}
 	switch {
 	case now.Before(s.periodStart):
