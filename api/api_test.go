@@ -104,6 +104,7 @@ customers:
 	tk := tokens(t)
 	mux.Handle("/v1/usage", NewUsageHandler(q, tk))
 	mux.Handle("GET /v1/limits/{api_key_id}", NewLimitsHandler(view, tk))
+	mux.Handle("GET /v1/limits", NewLimitChangesHandler(view, tk))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return &fixture{srv: srv, start: start, view: view}
@@ -316,5 +317,93 @@ func TestLimitsEndpoint(t *testing.T) {
 		if code, body := f.get(t, c.token, c.path); code != c.code {
 			t.Errorf("%s: %d %s, want %d", c.path, code, body, c.code)
 		}
+	}
+}
+
+func TestLimitChangesEndpoint(t *testing.T) {
+	f := newFixture(t)
+	if code, body := f.get(t, tokIngest, "/v1/limits"); code != 503 {
+		t.Fatalf("before the first refresh: %d %s", code, body)
+	}
+	if err := f.view.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	walk := func(token string, limit int) (map[string]limits.KeyLimitState, string) {
+		t.Helper()
+		got := map[string]limits.KeyLimitState{}
+		since := ""
+		for range 100 {
+			code, body := f.get(t, token, fmt.Sprintf("/v1/limits?since=%s&limit=%d", url.QueryEscape(since), limit))
+			if code != 200 {
+				t.Fatalf("%d %s", code, body)
+			}
+			var p limits.ChangesPage
+			if err := json.Unmarshal([]byte(body), &p); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Keys) > limit {
+				t.Fatalf("%d keys on a page of %d", len(p.Keys), limit)
+			}
+			for _, k := range p.Keys {
+				got[k.APIKeyID] = *k
+			}
+			since = p.Version
+			if !p.More {
+				return got, since
+			}
+		}
+		t.Fatal("pages never end")
+		return nil, ""
+	}
+	all, ver := walk(tokIngest, 1)
+	if len(all) != 3 || all[k1].CustomerID != acme || all[k3].CustomerID != globex || all[k1].Status != limits.KeyActive || all[k1].HardLimit == nil {
+		t.Fatalf("ingest token sees %+v", all)
+	}
+	if admin, _ := walk(tokAdmin, 2); len(admin) != 3 {
+		t.Errorf("admin sees %d keys", len(admin))
+	}
+	// A customer token sees only its own keys.
+	mine, _ := walk(tokAcme, 1)
+	if len(mine) != 2 || mine[k3].APIKeyID != "" {
+		t.Errorf("acme sees %+v", mine)
+	}
+	theirs, _ := walk(tokGlobex, 1000)
+	if len(theirs) != 1 || theirs[k3].APIKeyID != k3 {
+		t.Errorf("globex sees %+v", theirs)
+	}
+	// Nothing changed since: an empty page with the same version.
+	code, body := f.get(t, tokIngest, "/v1/limits?since="+url.QueryEscape(ver))
+	if code != 200 || !strings.Contains(body, `"keys":[]`) || !strings.Contains(body, `"version":"`+ver+`"`) {
+		t.Errorf("no change: %d %s", code, body)
+	}
+	for _, c := range []struct {
+		token, path string
+		code        int
+	}{
+		{"", "/v1/limits", 401},
+		{"wrong", "/v1/limits", 401},
+		{tokIngest, "/v1/limits?limit=0", 400},
+		{tokIngest, "/v1/limits?limit=10001", 400},
+		{tokIngest, "/v1/limits?limit=-1", 400},
+		{tokIngest, "/v1/limits?limit=1e3", 400},
+		{tokIngest, "/v1/limits?limit=99999999999999999999999", 400},
+		{tokIngest, "/v1/limits?since=%zz", 400},
+		{tokIngest, "/v1/limits?since=abc", 400},
+		{tokIngest, "/v1/limits?since=" + strings.Repeat("9", 500), 400},
+		{tokIngest, "/v1/limits?since=1&since=2", 400},
+		{tokIngest, "/v1/limits?customer_id=" + globex, 400},
+		{tokIngest, "/v1/limits?x=" + strings.Repeat("a", 2000), 400},
+		{tokIngest, "/v1/limits?since=0", 200},
+	} {
+		if code, body := f.get(t, c.token, c.path); code != c.code {
+			t.Errorf("%.80s: %d %s, want %d", c.path, code, body, c.code)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/limits", nil)
+	req.Header.Set("Authorization", "Bearer "+tokIngest)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }

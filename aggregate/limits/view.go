@@ -220,6 +220,8 @@ type View struct {
 
 	alerts *alerter // nil when alerts are off
 	gate   AlertGate
+
+	changes *changes // what GET /v1/limits?since= answers
 }
 
 // AlertGate says whether this process may send usage alerts now. With
@@ -264,7 +266,7 @@ func NewView(cfg Config, reg *Registry, src UsageSource, db store.Conn, prom pro
 	if reg == nil {
 		reg = NewRegistry(nil)
 	}
-	v := &View{cfg: cfg.WithDefaults(), reg: reg, src: src, db: db, log: log, now: time.Now}
+	v := &View{cfg: cfg.WithDefaults(), reg: reg, src: src, db: db, log: log, now: time.Now, changes: newChanges()}
 	v.m = viewMetrics{
 		refreshDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meterline_limits_refresh_duration_seconds",
@@ -437,6 +439,7 @@ func (v *View) Refresh(ctx context.Context) error {
 		s.used = map[string]float64{}
 	}
 	v.snap.Store(s)
+	v.changes.update(statesAt(v.reg.cur.Load(), s, now), now)
 	v.m.refreshDuration.Observe(time.Since(start).Seconds())
 	if v.alerts != nil && v.sending() {
 		if err := v.alerts.evaluate(ctx, s); err != nil {

@@ -296,6 +296,7 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		readLimiter := api.NewLimiter(cfg.API, reg)
 		mux.Handle("/v1/usage", api.ReadEndpoint(readLimiter, tokens, api.NewUsageHandler(querier, tokens)))
 		mux.Handle("GET /v1/limits/{api_key_id}", api.NewLimitsHandler(view, tokens))
+		mux.Handle("GET /v1/limits", api.NewLimitChangesHandler(view, tokens))
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
