@@ -45,6 +45,8 @@ type record struct {
 	remoteAddr   string
 	userAgent    string
 	units        float64
+	props        [maxSetProperties][2]string
+	nprops       uint8
 	requestBytes int64
 	respBytes    int64
 	status       int
@@ -163,6 +165,8 @@ func (m *Meter) record(r *http.Request, rec *recorder, body *countingBody, start
 		hasUnits:   rec.hasUnits,
 		respBytes:  rec.bytes,
 		status:     rec.status,
+		props:      rec.props,
+		nprops:     rec.nprops,
 	}
 	switch {
 	case rec.route != "":

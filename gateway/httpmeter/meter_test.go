@@ -710,3 +710,35 @@ func TestBadUnits(t *testing.T) {
 		}
 	}
 }
+
+// TestSetProperty: properties set by the handler reach the event, a key set
+// twice keeps its last value, and a fifth key is refused.
+func TestSetProperty(t *testing.T) {
+	s := newStandIn(t)
+	m := testMeter(t, s, nil)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ok := SetProperty(w, "rejected", "x") && SetProperty(w, "rejected", "rate_limit:1s") &&
+			SetProperty(w, "a", "1") && SetProperty(w, "b", "2") && SetProperty(w, "c", "3")
+		if !ok || SetProperty(w, "d", "4") {
+			t.Error("SetProperty: four keys must fit, a fifth must not")
+		}
+		w.WriteHeader(http.StatusTooManyRequests)
+	})
+	srv := httptest.NewServer(m.Middleware(h))
+	defer srv.Close()
+	if code, _ := do(t, srv.Client(), "GET", srv.URL+"/x", nil, map[string]string{"X-Api-Key-Id": "key_p"}); code != 429 {
+		t.Fatal(code)
+	}
+	if SetProperty(httptest.NewRecorder(), "a", "b") {
+		t.Error("SetProperty found a meter under a plain recorder")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := s.stored()
+	if len(evs) != 1 || evs[0].Status != 429 || len(evs[0].Properties) != 4 || evs[0].Properties["rejected"] != "rate_limit:1s" || evs[0].Properties["c"] != "3" {
+		t.Fatalf("events %+v", evs)
+	}
+}

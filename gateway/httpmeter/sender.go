@@ -157,6 +157,12 @@ func (r *record) event(gateway, id string) (schemas.Event, error) {
 	if r.hasUnits {
 		ev.Units = r.units
 	}
+	if r.nprops > 0 {
+		ev.Properties = make(map[string]string, r.nprops)
+		for _, p := range r.props[:r.nprops] {
+			ev.Properties[p[0]] = p[1]
+		}
+	}
 	if math.IsNaN(ev.Units) || math.IsInf(ev.Units, 0) {
 		// JSON has no such number: it would be sent as null, which the
 		// collector takes for the default of 1 unit.

@@ -20,6 +20,8 @@ type recorder struct {
 	units      float64
 	hasUnits   bool
 	route      string
+	props      [maxSetProperties][2]string
+	nprops     uint8
 	hijacked   bool
 	wroteFinal bool
 	kind       uint8 // which of the four types holds it, for release
@@ -200,6 +202,36 @@ func SetUnits(w http.ResponseWriter, units float64) bool {
 		return false
 	}
 	r.units, r.hasUnits = units, true
+	return true
+}
+
+// maxSetProperties bounds the properties SetProperty adds to one event, so
+// that they live in the recorder without allocating.
+const maxSetProperties = 4
+
+// SetProperty adds a property (a free string dimension, the event's
+// "properties") to the event of the request being answered on w: the
+// reason a gateway refused it, a plan, a region. Keys follow the event
+// schema ([A-Za-z0-9_.:-], at most 64 bytes; values at most 256); the
+// collector rejects an event with a bad one. Setting a key again replaces
+// its value. It reports false when w is not (and does not unwrap to) a
+// writer of the middleware, or when the event holds 4 properties already.
+func SetProperty(w http.ResponseWriter, key, value string) bool {
+	r := find(w)
+	if r == nil {
+		return false
+	}
+	for i := range r.nprops {
+		if r.props[i][0] == key {
+			r.props[i][1] = value
+			return true
+		}
+	}
+	if int(r.nprops) == maxSetProperties {
+		return false
+	}
+	r.props[r.nprops] = [2]string{key, value}
+	r.nprops++
 	return true
 }
 
