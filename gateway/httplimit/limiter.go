@@ -26,7 +26,7 @@ type keyState struct {
 	notBefore    time.Time
 	expiresAt    time.Time
 	limits       []rateLimit
-	policy       string // the RateLimit-Policy header value; "" without limits
+	policy       []string // the RateLimit-Policy header value; nil without limits
 	overHard     bool
 	billRejected bool
 }
@@ -136,9 +136,9 @@ func (l *Limiter) run() {
 	}
 }
 
-// maxPageBytes bounds one answer: 10000 keys of 128-byte ids with eight
+// maxPageBytes bounds one answer (a variable for tests): 10000 keys of 128-byte ids with eight
 // rate limits each stay far below.
-const maxPageBytes = 64 << 20
+var maxPageBytes int64 = 64 << 20
 
 // maxPages bounds one Poll (10 million keys at the largest page size).
 const maxPages = 10000
@@ -236,10 +236,13 @@ func (k *wireState) state() (*keyState, error) {
 		if err != nil || per < time.Second || rl.Requests < 1 {
 			return nil, fmt.Errorf("rate limit %q %d is not a window of 1s or more and a positive count", rl.Per, rl.Requests)
 		}
-		st.limits = append(st.limits, rateLimit{per: per, requests: rl.Requests, name: rl.Per})
-		policy = append(policy, fmt.Sprintf("%q;q=%d;w=%d", rl.Per, rl.Requests, int64(per/time.Second)))
+		q := strconv.Quote(rl.Per)
+		st.limits = append(st.limits, rateLimit{per: per, requests: rl.Requests, name: rl.Per, quoted: q, reason: "rate_limit:" + rl.Per})
+		policy = append(policy, fmt.Sprintf("%s;q=%d;w=%d", q, rl.Requests, int64(per/time.Second)))
 	}
-	st.policy = strings.Join(policy, ", ")
+	if len(policy) > 0 {
+		st.policy = []string{strings.Join(policy, ", ")}
+	}
 	return st, nil
 }
 
@@ -269,7 +272,7 @@ func (l *Limiter) fetch(ctx context.Context, since string) (*wirePage, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s: %.200s", l.url, resp.Status, body)
 	}
-	if len(body) > maxPageBytes {
+	if int64(len(body)) > maxPageBytes {
 		return nil, fmt.Errorf("GET %s: answer larger than %d bytes", l.url, maxPageBytes)
 	}
 	var p wirePage

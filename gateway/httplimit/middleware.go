@@ -78,20 +78,31 @@ func (l *Limiter) Middleware(next http.Handler) http.Handler {
 		if len(st.limits) > 0 {
 			v := l.wins.take(key, st.limits, now)
 			h := w.Header()
-			h["Ratelimit-Policy"] = []string{st.policy}
+			// The policy's slice is shared by every request of the key;
+			// its capacity is its length, so an Add copies it.
+			h["Ratelimit-Policy"] = st.policy
+			rl := &st.limits[v.limit]
+			h["Ratelimit"] = []string{rateLimitHeader(rl, v)}
 			if !v.allowed {
-				rl := st.limits[v.limit]
-				h["Ratelimit"] = []string{strconv.Quote(rl.name) + ";r=0;t=" + strconv.FormatInt(v.reset, 10)}
-				l.refuse(w, st, http.StatusTooManyRequests, decRateLimited, "rate_limit:"+rl.name,
+				l.refuse(w, st, http.StatusTooManyRequests, decRateLimited, rl.reason,
 					"rate limit of "+strconv.FormatInt(rl.requests, 10)+" requests per "+rl.name+" exceeded", v.reset)
 				return
 			}
-			rl := st.limits[v.limit]
-			h["Ratelimit"] = []string{strconv.Quote(rl.name) + ";r=" + strconv.FormatInt(v.remaining, 10) + ";t=" + strconv.FormatInt(v.reset, 10)}
 		}
 		l.decisions[decAllowed].Add(1)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// rateLimitHeader writes the RateLimit value: "1s";r=<remaining>;t=<reset>.
+func rateLimitHeader(rl *rateLimit, v verdict) string {
+	var buf [64]byte
+	b := append(buf[:0], rl.quoted...)
+	b = append(b, ";r="...)
+	b = strconv.AppendInt(b, v.remaining, 10)
+	b = append(b, ";t="...)
+	b = strconv.AppendInt(b, v.reset, 10)
+	return string(b)
 }
 
 // refuse answers a refused request and marks its event.

@@ -16,6 +16,8 @@ type rateLimit struct {
 	per      time.Duration
 	requests int64
 	name     string // "1s", as the catalogue writes it: the policy's name in headers
+	quoted   string // `"1s"`
+	reason   string // "rate_limit:1s", the event property of a refusal
 }
 
 // win is one sliding window: the count of the current fixed window and of
