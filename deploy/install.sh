@@ -118,7 +118,8 @@ apt_install() {
 
 # What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
 # (Debian 12's nginx-light is nginx plus the echo module; nginx is enough.)
-GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka)
+# lua-cjson decodes Meterline's GET /v1/limits in meterline_limits.lua.
+GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka lua-cjson)
 GATEWAY_FILES=(
 	/usr/lib/nginx/modules/ndk_http_module.so
 	/usr/lib/nginx/modules/ngx_http_lua_module.so
@@ -129,6 +130,8 @@ gateway_missing() {
 	PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || return 0
 	local f
 	for f in "${GATEWAY_FILES[@]}"; do [[ -f "$f" ]] || return 0; done
+	# lua-cjson's module sits under the architecture's directory.
+	compgen -G "/usr/lib/*/lua/5.1/cjson.so" >/dev/null || return 0
 	return 1
 }
 

@@ -56,6 +56,19 @@ var placeholder = regexp.MustCompile(`\$\{(METERLINE_[A-Z0-9_]+)\}`)
 // (such as `producer = { flush_time = 600000 },`).
 func startNginxGateway(t *testing.T, bin string, k KafkaConfig, upstream, gateway, initOpts string) *nginxGateway {
 	t.Helper()
+	return startNginx(t, bin, k, upstream, gateway, initOpts, nginxLimits{})
+}
+
+// nginxLimits configures meterline_limits in the example config: no
+// endpoint, no enforcement.
+type nginxLimits struct {
+	endpoint, token string
+	opts            string // Lua added to the options of its init
+}
+
+// startNginx is startNginxGateway with limits.
+func startNginx(t *testing.T, bin string, k KafkaConfig, upstream, gateway, initOpts string, lim nginxLimits) *nginxGateway {
+	t.Helper()
 	g := &nginxGateway{dir: t.TempDir(), exited: make(chan struct{})}
 	listen := "127.0.0.1:" + testenv.FreePort(t)
 	g.URL = "http://" + listen
@@ -67,6 +80,9 @@ func startNginxGateway(t *testing.T, bin string, k KafkaConfig, upstream, gatewa
 		"METERLINE_GATEWAY":  gateway,
 		"METERLINE_RUN_DIR":  g.dir,
 		"METERLINE_LUA_DIR":  filepath.Join(testenv.RepoRoot(), "deploy", "nginx"),
+
+		"METERLINE_LIMITS_ENDPOINT": lim.endpoint,
+		"METERLINE_LIMITS_TOKEN":    lim.token,
 	}
 	tmpl, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "deploy", "nginx", "meterline.conf.tmpl"))
 	if err != nil {
@@ -93,6 +109,13 @@ func startNginxGateway(t *testing.T, bin string, k KafkaConfig, upstream, gatewa
 			t.Fatalf("meterline.conf.tmpl: no single %s to add options to", call)
 		}
 		conf = strings.Replace(conf, call, call+" "+initOpts, 1)
+	}
+	if lim.opts != "" {
+		const call = `require("meterline_limits").init({`
+		if strings.Count(conf, call) != 1 {
+			t.Fatalf("meterline.conf.tmpl: no single %s to add options to", call)
+		}
+		conf = strings.Replace(conf, call, call+" "+lim.opts, 1)
 	}
 	confPath := filepath.Join(g.dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {

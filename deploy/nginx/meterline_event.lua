@@ -21,7 +21,11 @@
 --   response_bytes the response body's size ($body_bytes_sent)
 --   client_ip      $remote_addr (Meterline anonymises it at ingest)
 --   user_agent     User-Agent, cut to 512 bytes on a UTF-8 boundary
---   units          the upstream's X-Units response header, else absent (1)
+--   units          the upstream's X-Units response header, else absent (1);
+--                  0 for a request meterline_limits refused, unless its
+--                  plan bills refused requests
+--   properties     {"rejected": reason} for a request meterline_limits
+--                  refused (rate_limit:1s, hard_limit, key_expired, ...)
 -- The message key is api_key_id, the value the JSON.
 --
 -- Values the gateway cannot vouch for (api_key_id, X-Units) are passed as
@@ -224,8 +228,16 @@ local function event()
     if ua and ua ~= "" then
         add("user_agent", json_string(cut_utf8(ua, MAX_UA_BYTES)))
     end
+    -- A request meterline_limits refused: its reason as a property, and
+    -- 0 units unless the plan bills refused requests.
+    local rejected, bill = ngx.ctx.meterline_rejected, ngx.ctx.meterline_bill_rejected
+    if rejected then
+        add("properties", '{"rejected":' .. json_string(rejected) .. '}')
+    end
     local units = var.upstream_http_x_units
-    if units and units ~= "" then
+    if rejected and not bill then
+        add("units", "0")
+    elseif units and units ~= "" then
         add("units", units_json(units))
     end
     f[n + 1] = "}"
