@@ -402,3 +402,79 @@ customers:
 		}
 	}
 }
+
+// TestGatewayNginxLimitsBadAnswers: a hand-written stand-in for Meterline's
+// GET /v1/limits (the real server never answers garbage) feeds nginx bad
+// answers: fail-closed nginx answers 503 until a good answer arrives, then
+// keeps that copy through later bad ones; hostile key headers are served,
+// not crashed on.
+func TestGatewayNginxLimitsBadAnswers(t *testing.T) {
+	bin := testenv.Require(t, envNginx)
+	var mode atomic.Int32 // 0 garbage, 1 good, 2 other garbage
+	var calls atomic.Int64
+	standIn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		switch mode.Load() {
+		case 0:
+			_, _ = io.WriteString(w, `{"keys":[{"api_key_id":"k_dis","status":"disabled","rate_limits":[{"per":"soon","requests":1}]}],"version":"e.1"}`)
+		case 1:
+			_, _ = io.WriteString(w, `{"reset":true,"keys":[{"api_key_id":"k_dis","status":"disabled","rate_limits":[],"hard_limit":null},`+
+				`{"api_key_id":"k_rl","status":"active","rate_limits":[{"per":"1h","requests":2}],"hard_limit":null}],"version":"e.2","more":false,"staleness_seconds":0}`)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = io.WriteString(w, "<html>down</html>")
+		}
+	}))
+	defer standIn.Close()
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer upstream.Close()
+	g := startNginx(t, bin, KafkaConfig{Brokers: []string{"127.0.0.1:9"}, Topic: "unused"}, strings.TrimPrefix(upstream.URL, "http://"), "gw", "",
+		nginxLimits{endpoint: standIn.URL, token: "tok", opts: `poll_interval = 0.05, max_staleness = 600, fail_mode = "closed",`})
+	c := &http.Client{Timeout: 10 * time.Second}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if calls.Load() < 3 {
+			return fmt.Errorf("%d fetches", calls.Load())
+		}
+		return nil
+	})
+	if a, err := nginxGet(c, g.URL, "k_dis"); err != nil || a.code != 503 || a.reason != "limits_unavailable" {
+		t.Fatalf("fail-closed before a good answer: %+v %v", a, err)
+	}
+	mode.Store(1)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if a, err := nginxGet(c, g.URL, "k_dis"); err != nil || a.code != 403 {
+			return fmt.Errorf("%+v %v", a, err)
+		}
+		return nil
+	})
+	mode.Store(2)
+	n := calls.Load()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if calls.Load() < n+3 {
+			return fmt.Errorf("%d fetches", calls.Load()-n)
+		}
+		return nil
+	})
+	if a, _ := nginxGet(c, g.URL, "k_dis"); a.code != 403 || a.reason != "key_disabled" {
+		t.Errorf("after bad answers the copy changed: %+v", a)
+	}
+	// Two per hour for k_rl, across nginx's workers.
+	for i, want := range []int{200, 200, 429} {
+		if a, _ := nginxGet(c, g.URL, "k_rl"); a.code != want {
+			t.Errorf("k_rl request %d: %d, want %d", i, a.code, want)
+		}
+	}
+	// Unknown keys pass (unknown_keys allow), whatever they hold.
+	for _, key := range []string{"a:b:c|d", strings.Repeat("k", 4000), "w:k_rl:1h:0", "%00\t"} {
+		if a, err := nginxGet(c, g.URL, key); err != nil || a.code != 200 {
+			t.Errorf("key %.20q: %+v %v", key, a, err)
+		}
+	}
+	if !strings.Contains(g.errorLog(), "meterline: fetching limits failed") {
+		t.Errorf("no warning of the failed fetches in the error log:\n%s", g.errorLog())
+	}
+}
