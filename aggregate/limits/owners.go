@@ -25,9 +25,9 @@ type KeyPeriod struct {
 	// Key is the public id of the API key.
 	Key string `yaml:"key"`
 	// From is when the customer starts holding the key (inclusive).
-	From time.Time `yaml:"from"`
+	From time.Time `yaml:"from,omitempty"`
 	// Until is when the customer stops holding it (exclusive).
-	Until time.Time `yaml:"until"`
+	Until time.Time `yaml:"until,omitempty"`
 	// KeyState: disabled, not_before and expires_at, as in the keys list.
 	// Ownership (From, Until) says whose usage the key's events are;
 	// the state says whether gateways let its requests through.

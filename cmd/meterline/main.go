@@ -34,6 +34,7 @@ func commands() []command {
 		{"demo", "send realistic traffic for the development customers to a running Meterline and print its alerts", runDemo},
 		{"dlq", "dead-letter topic: list, show and replay its messages after a fix", runDLQ},
 		{"token", "create an API token and print its configuration entry", runToken},
+		{"keys", "API keys in the catalogue: rotate (print and check the change that replaces a key)", runKeys},
 		{"config", "validate the configuration and print the effective settings", runConfig},
 		{"version", "print the version", runVersion},
 	}
