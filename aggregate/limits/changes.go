@@ -64,9 +64,10 @@ type changeLog struct {
 // process's log: versions of another process (or of this one before a
 // restart) mean nothing here, so a token of another epoch gets a reset.
 type changes struct {
-	mu    sync.Mutex
-	epoch string
-	cur   *changeLog
+	mu     sync.Mutex
+	epoch  string
+	cur    *changeLog
+	lastIx *index // the catalogue of the last update
 }
 
 func newChanges() *changes {
@@ -75,44 +76,30 @@ func newChanges() *changes {
 	return &changes{epoch: hex.EncodeToString(b[:]), cur: &changeLog{byKey: map[string]*KeyLimitState{}}}
 }
 
-// statesAt computes every key's state from a catalogue index and a usage
-// snapshot, at now.
-func statesAt(ix *index, s *snapshot, now time.Time) map[string]*KeyLimitState {
-	out := make(map[string]*KeyLimitState, len(ix.keys))
-	add := func(key, cust string, st *KeyState) {
-		cu := ix.customers[cust]
-		if cu == nil {
-			return
-		}
-		plan := ix.plans[cu.Plan]
-		if plan == nil {
-			return
-		}
-		ks := &KeyLimitState{APIKeyID: key, CustomerID: cust, PlanID: plan.ID, Status: st.StatusAt(now),
-			RateLimits: plan.RateLimits, HardLimit: plan.hardLimit, BillRejected: plan.BillRejected}
-		if !st.NotBefore.IsZero() {
-			ks.NotBefore = &st.NotBefore
-		}
-		if !st.ExpiresAt.IsZero() {
-			ks.ExpiresAt = &st.ExpiresAt
-		}
-		if plan.hardLimit != nil && !now.Before(s.periodStart) && now.Before(s.resetAt) {
-			ks.OverHardLimit = s.used[cust] >= *plan.hardLimit
-		}
-		out[key] = ks
+// limitState computes one key's state from a catalogue index and a usage
+// snapshot, at now; false when the key's customer or plan is missing (an
+// unvalidated catalogue).
+func limitState(ix *index, s *snapshot, now time.Time, key, cust string, st *KeyState) (KeyLimitState, bool) {
+	cu := ix.customers[cust]
+	if cu == nil {
+		return KeyLimitState{}, false
 	}
-	for key, cust := range ix.keys {
-		add(key, cust, ix.stateOf(key))
+	plan := ix.plans[cu.Plan]
+	if plan == nil {
+		return KeyLimitState{}, false
 	}
-	for key := range ix.periods {
-		if _, plain := ix.keys[key]; plain {
-			continue
-		}
-		if cust, st, ok := ix.keyAt(key, now); ok {
-			add(key, cust, st)
-		}
+	ks := KeyLimitState{APIKeyID: key, CustomerID: cust, PlanID: plan.ID, Status: st.StatusAt(now),
+		RateLimits: plan.RateLimits, HardLimit: plan.hardLimit, BillRejected: plan.BillRejected}
+	if !st.NotBefore.IsZero() {
+		ks.NotBefore = &st.NotBefore
 	}
-	return out
+	if !st.ExpiresAt.IsZero() {
+		ks.ExpiresAt = &st.ExpiresAt
+	}
+	if plan.hardLimit != nil && !now.Before(s.periodStart) && now.Before(s.resetAt) {
+		ks.OverHardLimit = s.used[cust] >= *plan.hardLimit
+	}
+	return ks, true
 }
 
 // stateOf returns a plain key's state (never nil).
@@ -125,58 +112,77 @@ func (ix *index) stateOf(key string) *KeyState {
 
 // update records the states that differ from the current log's and
 // publishes the next log. Keys gone from the catalogue get one KeyUnknown
-// entry (their previous customer kept, so its token still sees it).
-func (c *changes) update(next map[string]*KeyLimitState, asOf time.Time) {
+// entry (their previous customer kept, so its token still sees it). Only
+// changed states are allocated: a refresh of an unchanged catalogue costs
+// one comparison per key.
+func (c *changes) update(ix *index, s *snapshot, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	prev := c.cur
-	version := prev.version
 	var changed []*KeyLimitState
-	keys := make([]string, 0, len(next))
-	for k := range next {
-		keys = append(keys, k)
-	}
-	for k, old := range prev.byKey {
-		if _, ok := next[k]; !ok && old.Status != KeyUnknown {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys) // versions in key order within one refresh: deterministic pages
-	for _, k := range keys {
-		st, ok := next[k]
+	visit := func(key, cust string, st *KeyState) {
+		ks, ok := limitState(ix, s, now, key, cust, st)
 		if !ok {
-			old := prev.byKey[k]
-			st = &KeyLimitState{APIKeyID: k, CustomerID: old.CustomerID, Status: KeyUnknown, RateLimits: noRateLimits}
-		}
-		if old, ok := prev.byKey[k]; ok && old.same(st) {
-			continue
-		}
-		version++
-		st.Version = version
-		changed = append(changed, st)
-	}
-	if len(changed) == 0 {
-		if prev.asOf.Equal(asOf) {
 			return
 		}
-		c.cur = &changeLog{version: prev.version, byKey: prev.byKey, ordered: prev.ordered, asOf: asOf}
+		if old := prev.byKey[key]; old != nil && old.same(&ks) {
+			return
+		}
+		changed = append(changed, &ks)
+	}
+	for key, cust := range ix.keys {
+		visit(key, cust, ix.stateOf(key))
+	}
+	for key := range ix.periods {
+		if _, plain := ix.keys[key]; plain {
+			continue
+		}
+		if cust, st, ok := ix.keyAt(key, now); ok {
+			visit(key, cust, st)
+		}
+	}
+	// A key leaves only with a catalogue change or the end of a key period.
+	gone := ix != c.lastIx || len(ix.periods) > 0
+	c.lastIx = ix
+	for key, old := range prev.byKey {
+		if !gone {
+			break
+		}
+		if old.Status == KeyUnknown {
+			continue
+		}
+		if cust, st, ok := ix.keyAt(key, now); ok {
+			if _, ok := limitState(ix, s, now, key, cust, st); ok {
+				continue
+			}
+		}
+		changed = append(changed, &KeyLimitState{APIKeyID: key, CustomerID: old.CustomerID, Status: KeyUnknown, RateLimits: noRateLimits})
+	}
+	if len(changed) == 0 {
+		c.cur = &changeLog{version: prev.version, byKey: prev.byKey, ordered: prev.ordered, asOf: now}
 		return
 	}
+	// Versions in key order within one refresh: deterministic pages.
+	slices.SortFunc(changed, func(a, b *KeyLimitState) int { return strings.Compare(a.APIKeyID, b.APIKeyID) })
+	version := prev.version
 	byKey := make(map[string]*KeyLimitState, len(prev.byKey)+len(changed))
 	for k, v := range prev.byKey {
 		byKey[k] = v
 	}
-	ordered := make([]*KeyLimitState, 0, len(prev.ordered)+len(changed))
-	for _, st := range prev.ordered {
-		ordered = append(ordered, st)
-	}
 	for _, st := range changed {
+		version++
+		st.Version = version
 		byKey[st.APIKeyID] = st
 	}
 	// Keep only each key's latest entry: an older one was replaced.
-	ordered = slices.DeleteFunc(ordered, func(st *KeyLimitState) bool { return byKey[st.APIKeyID] != st })
+	ordered := make([]*KeyLimitState, 0, len(prev.ordered)+len(changed))
+	for _, st := range prev.ordered {
+		if byKey[st.APIKeyID] == st {
+			ordered = append(ordered, st)
+		}
+	}
 	ordered = append(ordered, changed...)
-	c.cur = &changeLog{version: version, byKey: byKey, ordered: ordered, asOf: asOf}
+	c.cur = &changeLog{version: version, byKey: byKey, ordered: ordered, asOf: now}
 }
 
 // ErrBadVersion: a since token that this server did not write.

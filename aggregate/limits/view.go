@@ -439,7 +439,7 @@ func (v *View) Refresh(ctx context.Context) error {
 		s.used = map[string]float64{}
 	}
 	v.snap.Store(s)
-	v.changes.update(statesAt(v.reg.cur.Load(), s, now), now)
+	v.changes.update(v.reg.cur.Load(), s, now)
 	v.m.refreshDuration.Observe(time.Since(start).Seconds())
 	if v.alerts != nil && v.sending() {
 		if err := v.alerts.evaluate(ctx, s); err != nil {
