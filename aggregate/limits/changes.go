@@ -128,7 +128,9 @@ func (c *changes) update(ix *index, s *snapshot, now time.Time) {
 		if old := prev.byKey[key]; old != nil && old.same(&ks) {
 			return
 		}
-		changed = append(changed, &ks)
+		p := new(KeyLimitState) // only a change escapes to the heap
+		*p = ks
+		changed = append(changed, p)
 	}
 	for key, cust := range ix.keys {
 		visit(key, cust, ix.stateOf(key))
