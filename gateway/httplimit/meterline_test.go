@@ -64,6 +64,7 @@ func meterlineBinary(t *testing.T) string {
 type serveStack struct {
 	t    *testing.T
 	addr string
+	kill func() // SIGKILL, and wait for the exit
 }
 
 // startServe runs meterline serve with the catalogue given (its own topic,
@@ -142,7 +143,7 @@ auth:
 		}
 		return nil
 	})
-	return &serveStack{t: t, addr: addr}
+	return &serveStack{t: t, addr: addr, kill: func() { _ = cmd.Process.Kill(); <-exited }}
 }
 
 func (s *serveStack) getJSON(path string, v any) error {
@@ -489,4 +490,63 @@ customers:
 		}
 		return nil
 	})
+}
+
+// TestMeterlineKilled: Meterline dies under running gateways. A fail-open
+// limiter keeps enforcing the last states (a disabled key stays refused,
+// the rate limit still counts) and its staleness grows; a fail-closed one
+// answers 503 once its copy is older than MaxStaleness.
+func TestMeterlineKilled(t *testing.T) {
+	u := testenv.Unique("")
+	kOK, kDis := "kk_ok"+u, "kk_dis"+u
+	s := startServe(t, fmt.Sprintf(`plans:
+  - {id: p, included_units: 1000, rate_limits: [{per: 1h, requests: 3}]}
+customers:
+  - {id: c%s, plan: p, keys: [%s, {id: %s, disabled: true}]}
+`, u, kOK, kDis), "c"+u)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	limiter := func(mode FailMode) (*Limiter, *httptest.Server) {
+		lim, err := New(Config{Endpoint: "http://" + s.addr, Token: itIngest, PollInterval: 100 * time.Millisecond, MaxStaleness: 2 * time.Second,
+			FailMode: mode, Logger: log, KeyFunc: func(r *http.Request) string { return r.Header.Get("X-Api-Key-Id") }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lim.Close)
+		srv := httptest.NewServer(lim.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })))
+		t.Cleanup(srv.Close)
+		select {
+		case <-lim.Synced():
+		case <-time.After(30 * time.Second):
+			t.Fatal("no first fetch")
+		}
+		return lim, srv
+	}
+	_, open := limiter(FailOpen)
+	closedLim, closed := limiter(FailClosed)
+	c := open.Client()
+	if a := get(t, c, open.URL, kOK); a.code != 200 {
+		t.Fatalf("before the kill: %d", a.code)
+	}
+	s.kill()
+	// Fail-closed: refused once the copy is too old.
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if a := get(t, c, closed.URL, kOK); a.code != 503 || a.reason != "limits_unavailable" {
+			return fmt.Errorf("fail-closed after the kill: %d %s", a.code, a.reason)
+		}
+		return nil
+	})
+	if age := closedLim.cfg.now().Sub(closedLim.cur.Load().asOf); age <= 2*time.Second {
+		t.Errorf("503 with states %s old", age)
+	}
+	// Fail-open, now past MaxStaleness too: the last states hold.
+	if a := get(t, c, open.URL, kDis); a.code != 403 || a.reason != "key_disabled" {
+		t.Errorf("fail-open, disabled key: %d %s", a.code, a.reason)
+	}
+	codes := []int{get(t, c, open.URL, kOK).code, get(t, c, open.URL, kOK).code, get(t, c, open.URL, kOK).code}
+	if codes[0] != 200 || codes[1] != 200 || codes[2] != 429 {
+		t.Errorf("fail-open, 3 per hour after one before the kill: %v", codes)
+	}
+	if a := get(t, c, open.URL, "kk_new"+u); a.code != 200 {
+		t.Errorf("fail-open, a key it does not know: %d", a.code)
+	}
 }
