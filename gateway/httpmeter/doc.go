@@ -33,7 +33,8 @@
 // with SetRoute (gin: c.FullPath(); echo: c.Path()), which finds the
 // middleware's writer under the router's own through the Unwrap method
 // those writers have for http.ResponseController. SetUnits sets
-// the billable units of a request (default 1). The wrapped writer keeps
+// the billable units of a request (default 1), SetProperty adds up to four
+// event properties (gateway/httplimit names a refusal's reason with it). The wrapped writer keeps
 // http.Flusher and http.Hijacker exactly when the server's writer has them,
 // io.ReaderFrom (sendfile), and Unwrap for http.ResponseController. A
 // handler that wrote nothing is metered as 200, as net/http answers it; a
