@@ -339,8 +339,10 @@ customers:
 	if rate < 18 || rate > 22 {
 		t.Errorf("accepted %.2f requests/s, want 20 ± 10%%", rate)
 	}
-	if offered < 400 {
-		t.Errorf("only %d requests offered in the window: not ten times the limit", offered)
+	if offered < 200 {
+		// Paced at ten times the limit; a loaded machine sends fewer, but
+		// the key must still be saturated for the rate to mean anything.
+		t.Errorf("only %d requests offered in the window: the key was not saturated", offered)
 	}
 
 	for i := range 5 {
@@ -366,7 +368,7 @@ customers:
 		t.Fatal("nginx did not quit")
 	}
 	total := len(answers)
-	testenv.Eventually(t, time.Minute, func() error {
+	testenv.Eventually(t, 2*time.Minute, func() error { // the pipeline's catch-up on a loaded machine
 		byClass, err := s.usageByClass(cRate)
 		if err != nil {
 			return err
