@@ -305,3 +305,78 @@ func TestOpenClusterOnEmbeddedRefused(t *testing.T) {
 		t.Fatalf("open embedded with a cluster: %v", err)
 	}
 }
+
+// TestClusterDDLIsTheSingleNodeDDL: undoing the layout's changes (ON
+// CLUSTER, the Replicated engine's path and replica, the replicated dedup
+// window, the local tables' suffix, the Distributed tables and the
+// Distributed copy of a column ALTER) on the parsed cluster statements
+// gives back exactly the parsed single-node statements, file by file: the
+// cluster schema is the single-node schema, not a second copy of it.
+func TestClusterDDLIsTheSingleNodeDDL(t *testing.T) {
+	c := embeddedConnForTest(t, Config{})
+	format := func(s string) string {
+		var f string
+		queryOne(t, c, "SELECT formatQuery({q:String})", []Param{P("q", s)}, &f)
+		return f
+	}
+	single, err := Plan(MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{}
+	for _, p := range single {
+		for _, s := range p.Statements {
+			want[p.Name] = append(want[p.Name], format(s))
+		}
+	}
+	undo := []struct {
+		re   *regexp.Regexp
+		with string
+	}{
+		{regexp.MustCompile(` ON CLUSTER meterline\b`), ""},
+		{regexp.MustCompile(`\bReplicated(\w*MergeTree)\('[^']*', '[^']*'(, )?`), "$1("},
+		{regexp.MustCompile(`MergeTree\(\)`), "MergeTree"},
+		{regexp.MustCompile(`\breplicated_deduplication_window\b`), "non_replicated_deduplication_window"},
+		{regexp.MustCompile(`\b(events|event_ids|usage_minute|usage_hour|usage_day|usage_month)_local\b`), "$1"},
+	}
+	for _, g := range goldenLayouts[1:] {
+		t.Run(g.name, func(t *testing.T) {
+			plan, err := Plan(MigrateOptions{Layout: g.layout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range plan {
+				var got []string
+				for _, s := range p.Statements {
+					f := format(s)
+					if strings.Contains(f, "ENGINE = Distributed(") {
+						continue
+					}
+					for _, u := range undo {
+						f = u.re.ReplaceAllString(f, u.with)
+					}
+					if n := len(got); n > 0 && got[n-1] == f {
+						continue // the Distributed table's copy of a column ALTER
+					}
+					got = append(got, f)
+				}
+				if strings.Join(got, "\n;\n") != strings.Join(want[p.Name], "\n;\n") {
+					t.Errorf("%s: the cluster statements are not the single-node ones:\n got: %q\nwant: %q", p.Name, got, want[p.Name])
+				}
+			}
+		})
+	}
+}
+
+func TestServerOptionsOnCluster(t *testing.T) {
+	on := serverOptions(Config{Addr: []string{"h:9000"}, Cluster: "c"}, "db").Settings
+	for k, v := range map[string]any{"distributed_foreground_insert": 1, "distributed_product_mode": "local", "optimize_skip_unused_shards": 1, "session_timezone": "UTC"} {
+		if on[k] != v {
+			t.Errorf("cluster connection setting %s = %v, want %v", k, on[k], v)
+		}
+	}
+	off := serverOptions(Config{Addr: []string{"h:9000"}}, "db").Settings
+	if _, ok := off["distributed_foreground_insert"]; ok || len(off) != 1 {
+		t.Errorf("single-node connection settings: %v", off)
+	}
+}

@@ -64,9 +64,11 @@ func serverOptions(cfg Config, database string) *clickhouse.Options {
 		// stored its rows (not when queued on this node), so an
 		// acknowledged insert is stored and a retried one meets its dedup
 		// token on the shard. IN subqueries over Distributed tables read
-		// each shard's local table: a customer's rows are on one shard.
+		// each shard's local table: a customer's rows are on one shard,
+		// and a read of one customer asks only that customer's shard.
 		settings["distributed_foreground_insert"] = 1
 		settings["distributed_product_mode"] = "local"
+		settings["optimize_skip_unused_shards"] = 1
 	}
 	return &clickhouse.Options{
 		Protocol: clickhouse.Native,
