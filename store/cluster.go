@@ -338,22 +338,30 @@ func (l Layout) mutation(stmt string) string {
 	if !l.sharded() {
 		return stmt
 	}
-	masked := maskSQL(stmt)
-	m := alterTableRe.FindStringSubmatchIndex(masked)
-	if m == nil || onClusterRe.MatchString(masked) || qualifiedAfter.MatchString(masked[m[3]:]) {
+	// The name may be backquoted (privacy quotes the names it found).
+	m := mutationRe.FindStringSubmatchIndex(stmt)
+	if m == nil || (m[3] > m[2]) != (m[7] > m[6]) {
 		return stmt
 	}
-	table := stmt[m[2]:m[3]]
+	masked := maskSQL(stmt)
+	if onClusterRe.MatchString(masked) || qualifiedAfter.MatchString(masked[m[1]:]) {
+		return stmt
+	}
+	table := stmt[m[4]:m[5]]
 	if !l.isShardedTable(table) {
 		return stmt
 	}
-	for _, c := range splitTopLevel(masked[m[3]:]) {
+	for _, c := range splitTopLevel(masked[m[1]:]) {
 		if columnAlterRe.MatchString(c) {
 			return stmt
 		}
 	}
-	return stmt[:m[2]] + table + LocalSuffix + l.onCluster() + stmt[m[3]:]
+	return stmt[:m[2]] + table + LocalSuffix + l.onCluster() + stmt[m[1]:]
 }
+
+// mutationRe matches the head of a run-time ALTER TABLE: the table's name,
+// plain or backquoted.
+var mutationRe = regexp.MustCompile("^\\s*ALTER\\s+TABLE\\s+(`?)([A-Za-z_][A-Za-z0-9_]*)(`?)")
 
 // resolveLayout validates opts.Layout against the connection and fills in
 // what it leaves to the server: the database and the shard count.

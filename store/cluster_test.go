@@ -281,7 +281,9 @@ func TestClusterMutations(t *testing.T) {
 	many := Layout{Cluster: "c", Shards: 2, Database: "m"}
 	for in, want := range map[string]string{
 		"ALTER TABLE events DELETE WHERE customer_id = {c:String} SETTINGS mutations_sync = 2": "ALTER TABLE events_local ON CLUSTER c DELETE WHERE customer_id = {c:String} SETTINGS mutations_sync = 2",
-		"ALTER TABLE `usage_day` UPDATE x = 1 WHERE 1":                                         "ALTER TABLE `usage_day` UPDATE x = 1 WHERE 1", // quoted names are not rewritten: Meterline's own statements name tables plainly
+		"ALTER TABLE `usage_day` DELETE WHERE customer_id = 'c'":                               "ALTER TABLE usage_day_local ON CLUSTER c DELETE WHERE customer_id = 'c'", // privacy quotes the names it found
+		"ALTER TABLE `events DELETE WHERE 1":                                                   "ALTER TABLE `events DELETE WHERE 1",
+		"ALTER TABLE `other`.`events` DELETE WHERE 1":                                          "ALTER TABLE `other`.`events` DELETE WHERE 1",
 		"ALTER TABLE event_ids MODIFY TTL toDateTime(claimed_at) + INTERVAL 3 MONTH":           "ALTER TABLE event_ids_local ON CLUSTER c MODIFY TTL toDateTime(claimed_at) + INTERVAL 3 MONTH",
 		"ALTER TABLE billing_ledger UPDATE customer_id = 'x' WHERE 1":                          "ALTER TABLE billing_ledger UPDATE customer_id = 'x' WHERE 1",
 		"ALTER TABLE events ADD COLUMN x UInt8":                                                "ALTER TABLE events ADD COLUMN x UInt8",
