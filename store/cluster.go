@@ -186,7 +186,7 @@ func (l Layout) createTable(stmt, masked string) ([]string, error) {
 	}
 	// Optional engine arguments right after the name.
 	argsEnd, args := e[3], ""
-	if rest := masked[e[3]:]; strings.HasPrefix(strings.TrimLeft(rest, " \t"), "(") {
+	if rest := masked[e[3]:]; strings.HasPrefix(strings.TrimLeft(rest, " \t\r\n"), "(") {
 		open := e[3] + strings.Index(rest, "(")
 		closing := matchParen(masked, open)
 		if closing < 0 {

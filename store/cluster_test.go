@@ -171,6 +171,8 @@ func TestClusterLayoutStatements(t *testing.T) {
 			[]string{"-- ENGINE = MergeTree in a comment, CREATE TABLE x\nCREATE TABLE IF NOT EXISTS t ON CLUSTER `prod-eu`\n(\n    s String DEFAULT 'ENGINE = MergeTree', -- ON CLUSTER\n    v DateTime\n)\nENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/m/t', '{replica}', v)\nORDER BY s\nSETTINGS replicated_deduplication_window = 5"}},
 		{"engine without arguments", one, "CREATE TABLE t (x UInt8) ENGINE = MergeTree() ORDER BY x",
 			[]string{"CREATE TABLE t ON CLUSTER `prod-eu` (x UInt8) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/m/t', '{replica}') ORDER BY x"}},
+		{"engine arguments on the next line", one, "CREATE TABLE t (v UInt8) ENGINE = ReplacingMergeTree\n    (v)\nORDER BY v",
+			[]string{"CREATE TABLE t ON CLUSTER `prod-eu` (v UInt8) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/m/t', '{replica}', v)\nORDER BY v"}},
 		{"alter on one shard", one, "ALTER TABLE events ADD INDEX i x TYPE minmax GRANULARITY 1",
 			[]string{"ALTER TABLE events ON CLUSTER `prod-eu` ADD INDEX i x TYPE minmax GRANULARITY 1"}},
 		{"insert passes", many, "INSERT INTO event_ids SELECT * FROM events", []string{"INSERT INTO event_ids SELECT * FROM events"}},
