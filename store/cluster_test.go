@@ -384,3 +384,41 @@ func TestServerOptionsOnCluster(t *testing.T) {
 		t.Errorf("single-node connection settings: %v", off)
 	}
 }
+
+// FuzzLayoutStatements: whatever a statement holds, laying it out never
+// panics, and what comes out for a cluster is never a table created on one
+// node only or left unreplicated.
+func FuzzLayoutStatements(f *testing.F) {
+	for _, s := range []string{
+		"CREATE TABLE IF NOT EXISTS events (customer_id String) ENGINE = ReplacingMergeTree ORDER BY customer_id SETTINGS non_replicated_deduplication_window = 10",
+		"CREATE TABLE t (s String DEFAULT ')') ENGINE = ReplacingMergeTree((v)) ORDER BY s",
+		"ALTER TABLE events MODIFY COLUMN a Nullable(UInt8), MODIFY COLUMN b String",
+		"ALTER TABLE events DELETE WHERE x IN (SELECT 1, 2)",
+		"INSERT INTO event_ids SELECT * FROM events",
+		"-- c\n/* ENGINE = Memory */ CREATE TABLE `x` (a UInt8) ENGINE = MergeTree ORDER BY a",
+		"CREATE TABLE t (x UInt8) ENGINE = MergeTree(",
+		"CREATE TABLE t ENGINE = MergeTree) ORDER BY (",
+	} {
+		f.Add(s)
+	}
+	layouts := []Layout{{Cluster: "c", Shards: 1, Database: "m"}, {Cluster: "c", Shards: 4, Database: "m"}}
+	f.Fuzz(func(t *testing.T, stmt string) {
+		for _, l := range layouts {
+			_ = l.mutation(stmt)
+			out, err := l.Statements(stmt)
+			if err != nil {
+				continue
+			}
+			if len(out) == 0 || len(out) > 2 {
+				t.Fatalf("%q laid out as %d statements", stmt, len(out))
+			}
+			for _, s := range out {
+				m := maskSQL(s)
+				if createTableRe.MatchString(m) && (!onClusterRe.MatchString(m) ||
+					!regexp.MustCompile(`(?i)\bENGINE\s*=\s*(Replicated\w*MergeTree|Distributed)\(`).MatchString(m)) {
+					t.Fatalf("%q laid out as %q", stmt, s)
+				}
+			}
+		}
+	})
+}
