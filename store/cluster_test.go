@@ -422,3 +422,13 @@ func FuzzLayoutStatements(f *testing.F) {
 		}
 	})
 }
+
+// TestClusterFaultsAreTransient: a shard or Keeper that is down stalls the
+// sink (ErrUnavailable) instead of getting good rows dead-lettered.
+func TestClusterFaultsAreTransient(t *testing.T) {
+	for _, code := range []int{225, 242, 279, 285, 286, 999} {
+		if err := error(&QueryError{Code: code}); !errIs(err, ErrUnavailable) {
+			t.Errorf("code %d is not transient", code)
+		}
+	}
+}

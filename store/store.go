@@ -164,10 +164,10 @@ var transientCodes = map[int]bool{
 	203: true, // NO_FREE_CONNECTION
 	209: true, // SOCKET_TIMEOUT
 	210: true, // NETWORK_ERROR
+	225: true, // NO_ZOOKEEPER
 	241: true, // MEMORY_LIMIT_EXCEEDED
 	242: true, // TABLE_IS_READ_ONLY
 	252: true, // TOO_MANY_PARTS
-	225: true, // NO_ZOOKEEPER
 	279: true, // ALL_CONNECTION_TRIES_FAILED (a shard of a Distributed table is down)
 	285: true, // TOO_FEW_LIVE_REPLICAS
 	286: true, // UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
