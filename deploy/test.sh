@@ -6,7 +6,8 @@
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
 # Set METERLINE_TEST_CLICKHOUSE_ADDR=host:9000 to also run the store tests
-# against a ClickHouse server.
+# against a ClickHouse server, and METERLINE_TEST_CLICKHOUSE_CLUSTER=name to
+# run the cluster test on that server's cluster (docs/cluster.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_DIR"

@@ -23,6 +23,7 @@ import (
 	"github.com/meterline/meterline/internal/tlsutil"
 	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/schemas"
+	"github.com/meterline/meterline/store"
 	"github.com/meterline/meterline/web"
 )
 
@@ -96,6 +97,16 @@ type ClickHouseConfig struct {
 	// server-config`. It applies to tables created after it is set.
 	// Default empty (the server's default policy).
 	StoragePolicy string `yaml:"storage_policy"`
+	// Cluster names a cluster of the server's remote_servers: the
+	// migrations create every table ON CLUSTER with Replicated engines,
+	// and with more than one shard (read from system.clusters) also
+	// Distributed tables sharded by customer (docs/cluster.md). Server
+	// engine only. Default empty: a single node.
+	Cluster string `yaml:"cluster"`
+	// KeeperPath is the prefix of the replicated tables' paths in
+	// ClickHouse Keeper or ZooKeeper (with clickhouse.cluster). Default
+	// /clickhouse/tables.
+	KeeperPath string `yaml:"keeper_path"`
 }
 
 // EventsConfig is the validation policy for incoming events.
@@ -242,6 +253,18 @@ func (c *Config) Validate() error {
 	}
 	if p := c.ClickHouse.StoragePolicy; p != "" && !validIdent(p) {
 		errs = append(errs, fmt.Errorf("clickhouse.storage_policy: %q must match [A-Za-z_][A-Za-z0-9_]*", p))
+	}
+	if ch := c.ClickHouse; ch.Cluster != "" || ch.KeeperPath != "" {
+		switch {
+		case ch.Cluster == "":
+			errs = append(errs, errors.New("clickhouse.keeper_path applies only with clickhouse.cluster"))
+		case len(ch.Addr) == 0:
+			errs = append(errs, fmt.Errorf("clickhouse.cluster: %q needs a ClickHouse server (clickhouse.addr); the embedded engine is a single node", ch.Cluster))
+		default:
+			if err := (store.Layout{Cluster: ch.Cluster, KeeperPath: ch.KeeperPath}).Validate(); err != nil {
+				errs = append(errs, fmt.Errorf("clickhouse.cluster: %w", err))
+			}
+		}
 	}
 	if c.ClickHouse.MaxMemoryBytes < 0 {
 		errs = append(errs, errors.New("clickhouse.max_memory_bytes must not be negative"))

@@ -91,12 +91,14 @@ func storeConfig(c *Config) (store.Config, error) {
 		MaxMemoryBytes: c.ClickHouse.MaxMemoryBytes,
 		DialTimeout:    10 * time.Second,
 		Interactive:    c.API.Store(),
+		Cluster:        c.ClickHouse.Cluster,
 	}, nil
 }
 
 func migrateOptions(c *Config) store.MigrateOptions {
 	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths,
-		LedgerRetentionMonths: c.Retention.LedgerMonths, StoragePolicy: c.ClickHouse.StoragePolicy}
+		LedgerRetentionMonths: c.Retention.LedgerMonths, StoragePolicy: c.ClickHouse.StoragePolicy,
+		Layout: store.Layout{Cluster: c.ClickHouse.Cluster, KeeperPath: c.ClickHouse.KeeperPath}}
 }
 
 // retentionRules is how long each table class keeps rows: raw events and
