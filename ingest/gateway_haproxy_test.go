@@ -357,3 +357,35 @@ func TestGatewayHAProxyRetriesAndRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayHAProxyMetersItsOwnErrors: with the upstream down, HAProxy
+// answers 503 itself; http-after-response meters those too, as server
+// errors on the request's path.
+func TestGatewayHAProxyMetersItsOwnErrors(t *testing.T) {
+	bin := testenv.Require(t, envHAProxy)
+	p := newGatewayPipeline(t)
+	down := "127.0.0.1:" + testenv.FreePort(t) // nothing listens there
+	g := startHAProxyGateway(t, bin, down, p.Collector, "edge-down", "METERLINE_FLUSH_MS=100")
+	prefix := testenv.Unique("hadown")
+	reqs := gwRequests(10, []string{prefix + "-a"}, "d")
+	for _, r := range reqs {
+		r.key = prefix + "-a"
+	}
+	sendThrough(t, g.URL, reqs, 2)
+	waitGatewayStored(t, p.db, prefix, len(reqs))
+	for _, e := range storedGatewayEvents(t, p.db, prefix) {
+		if e.status != http.StatusServiceUnavailable {
+			t.Errorf("%s: stored status %d, want HAProxy's 503", e.id, e.status)
+		}
+	}
+	start := time.Now().Add(-time.Minute)
+	want := map[string]map[string]uint64{}
+	for _, r := range reqs {
+		if want[r.key] == nil {
+			want[r.key] = map[string]uint64{}
+		}
+		path, _, _ := strings.Cut(r.path, "?")
+		want[r.key][usageKey(path, r.method, http.StatusServiceUnavailable)]++
+	}
+	p.waitUsage(t, start, want)
+}
