@@ -447,3 +447,34 @@ func gathered(t *testing.T, reg *prometheus.Registry, name, label string) float6
 	}
 	return 0
 }
+
+// TestGatewayCaddyShipperRefusedToken: a token the collector does not
+// know stops the shipper with an error that says so, and the position does
+// not move: with the right token, every request is then shipped.
+func TestGatewayCaddyShipperRefusedToken(t *testing.T) {
+	bin := testenv.Require(t, envCaddy)
+	p := newGatewayPipeline(t)
+	upstream := gatewayUpstream(t)
+	g := startCaddyGateway(t, bin, strings.TrimPrefix(upstream.URL, "http://"), "")
+	prefix := testenv.Unique("catoken")
+	reqs := caddyRequests(20, []string{prefix + "-a"}, "k")
+	sendThrough(t, g.URL, reqs, 2)
+
+	cfg := caddyShipConfig(t, p.Collector, g.AccessLog, "edge-token")
+	cfg.Token = "not-a-token"
+	s, err := ship.NewCaddyShipper(cfg, nil, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Run(ctx); err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("Run with an unknown token: %v", err)
+	}
+	if _, err := os.Stat(cfg.PositionFile); !os.IsNotExist(err) {
+		t.Fatalf("a position was saved after the refusal: %v", err)
+	}
+	cfg.Token = tokIngest
+	runShipper(t, cfg, prometheus.NewRegistry())
+	waitGatewayStored(t, p.db, prefix, meteredCount(reqs))
+}

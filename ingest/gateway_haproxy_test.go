@@ -41,7 +41,7 @@ type haproxyGateway struct {
 
 // startHAProxyGateway renders the example config and starts haproxy. env
 // adds settings of meterline_event.lua (METERLINE_FLUSH_MS=...) to its
-// environment. Cleanup kills it and logs its output.
+// environment, or replaces a placeholder of the template (METERLINE_TOKEN=...). Cleanup kills it and logs its output.
 func startHAProxyGateway(t *testing.T, bin, upstream, collector, gateway string, env ...string) *haproxyGateway {
 	t.Helper()
 	dir := t.TempDir()
@@ -56,6 +56,15 @@ func startHAProxyGateway(t *testing.T, bin, upstream, collector, gateway string,
 		"METERLINE_GATEWAY":        gateway,
 		"METERLINE_METRICS_LISTEN": metrics,
 		"METERLINE_LUA_DIR":        filepath.Join(testenv.RepoRoot(), "deploy", "haproxy"),
+	}
+	var extra []string
+	for _, kv := range env {
+		name, v, _ := strings.Cut(kv, "=")
+		if _, ok := vars[name]; ok {
+			vars[name] = v // a placeholder of the template
+		} else {
+			extra = append(extra, kv)
+		}
 	}
 	tmpl, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "deploy", "haproxy", "meterline.cfg.tmpl"))
 	if err != nil {
@@ -81,7 +90,7 @@ func startHAProxyGateway(t *testing.T, bin, upstream, collector, gateway string,
 		t.Fatal(err)
 	}
 	g.cmd = exec.Command(bin, "-f", cfg, "-db")
-	g.cmd.Env = append(os.Environ(), env...)
+	g.cmd.Env = append(os.Environ(), extra...)
 	g.cmd.Stdout, g.cmd.Stderr = &g.log, &g.log
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -257,6 +266,7 @@ type faultyCollector struct {
 	mu    sync.Mutex
 	fails int
 	times []time.Time
+	hold  chan struct{} // if not nil, each POST waits until it is closed
 }
 
 func newFaultyCollector(t *testing.T, target string, fails int) *faultyCollector {
@@ -270,7 +280,11 @@ func newFaultyCollector(t *testing.T, target string, fails int) *faultyCollector
 		fc.mu.Lock()
 		fc.times = append(fc.times, time.Now())
 		fail := len(fc.times) <= fc.fails
+		hold := fc.hold
 		fc.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
 		if fail {
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("Retry-After", "1")
@@ -388,4 +402,53 @@ func TestGatewayHAProxyMetersItsOwnErrors(t *testing.T) {
 		want[r.key][usageKey(path, r.method, http.StatusServiceUnavailable)]++
 	}
 	p.waitUsage(t, start, want)
+}
+
+// TestGatewayHAProxyBoundsItsQueue: with a queue of 5 and the collector
+// holding the first POST, further events are dropped and counted, never
+// held; the 5 are stored once the POST goes through. A token the collector
+// does not know makes a batch refused as a whole: dropped, counted and
+// alerted in HAProxy's log, not retried.
+func TestGatewayHAProxyBoundsItsQueue(t *testing.T) {
+	bin := testenv.Require(t, envHAProxy)
+	p := newGatewayPipeline(t)
+	upstream := gatewayUpstream(t)
+	fc := newFaultyCollector(t, p.Collector, 0)
+	fc.hold = make(chan struct{})
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(fc.hold) }) }) // before the server closes
+	g := startHAProxyGateway(t, bin, strings.TrimPrefix(upstream.URL, "http://"), fc.srv.URL, "edge-queue",
+		"METERLINE_QUEUE_SIZE=5", "METERLINE_BATCH_SIZE=5", "METERLINE_TIMEOUT_MS=600000")
+	prefix := testenv.Unique("haqueue")
+	reqs := gwRequests(12, []string{prefix + "-a"}, "q")
+	for _, r := range reqs {
+		r.key = prefix + "-a"
+	}
+	sendThrough(t, g.URL, reqs, 1)
+	if c := g.counters(t); c["meterline_client_events_enqueued_total"] != 5 || c[`meterline_client_events_dropped_total{reason="queue_full"}`] != 7 ||
+		c["meterline_client_queue_depth"] != 5 {
+		t.Fatalf("counters %v, want 5 held and 7 dropped", c)
+	}
+	release.Do(func() { close(fc.hold) })
+	waitGatewayStored(t, p.db, prefix, 5)
+
+	bad := startHAProxyGateway(t, bin, strings.TrimPrefix(upstream.URL, "http://"), p.Collector, "edge-badtoken",
+		"METERLINE_FLUSH_MS=50", "METERLINE_TOKEN=not-a-token")
+	badReqs := gwRequests(3, []string{prefix + "-bad"}, "b")
+	for _, r := range badReqs {
+		r.key = prefix + "-bad"
+	}
+	sendThrough(t, bad.URL, badReqs, 1)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if c := bad.counters(t); c[`meterline_client_events_dropped_total{reason="refused"}`] != 3 || c["meterline_client_retries_total"] != 0 {
+			return fmt.Errorf("counters %v, want 3 refused, no retry", c)
+		}
+		return nil
+	})
+	if !strings.Contains(bad.log.String(), "refused a batch (status 401") {
+		t.Errorf("no alert of the refusal in HAProxy's log")
+	}
+	if n := queryUint64(t, p.db, "SELECT count() FROM events WHERE startsWith(api_key_id, {p:String})", prefix+"-bad"); n != 0 {
+		t.Errorf("%d events stored with an unknown token", n)
+	}
 }
