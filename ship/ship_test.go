@@ -1,11 +1,16 @@
 package ship
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestRoutes(t *testing.T) {
@@ -235,4 +240,33 @@ func TestFollowerLinesRotationAndLimits(t *testing.T) {
 		t.Fatalf("replaced: %q %d", note, fw4.off)
 	}
 	fw4.f.Close()
+}
+
+func TestReadConnFramesLines(t *testing.T) {
+	s, err := NewCaddyShipper(CaddyConfig{Endpoint: "http://127.0.0.1:1", Listen: "127.0.0.1:0", KeyHeader: "K", MaxLineBytes: 1024}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := net.Pipe()
+	lines := make(chan tcpLine, 10)
+	done := make(chan struct{})
+	go func() { s.readConn(context.Background(), server, lines); close(done) }()
+	client.Write([]byte("a\n" + strings.Repeat("x", 100<<10) + "\nb\n" + strings.Repeat("y", 1024) + "\npartial"))
+	client.Close()
+	<-done
+	close(lines)
+	var got []string
+	for l := range lines {
+		if l.oversized {
+			got = append(got, "<oversized>")
+		} else {
+			got = append(got, fmt.Sprintf("%.5s/%d", l.data, len(l.data)))
+		}
+	}
+	if strings.Join(got, ",") != "a/1,<oversized>,b/1,yyyyy/1024" {
+		t.Errorf("lines %v", got)
+	}
+	if v := testutil.ToFloat64(s.m.skipped.WithLabelValues(SkipMalformed)); v != 1 {
+		t.Errorf("partial last line counted %v times as malformed, want 1", v)
+	}
 }

@@ -14,6 +14,11 @@ import (
 	"github.com/meterline/meterline/schemas"
 )
 
+// maxConns bounds the connections read at once; Caddy opens one per
+// logger. More are closed at once (and logged): the listener is meant to
+// be private, and a flood of connections must not exhaust the shipper.
+const maxConns = 64
+
 // tcpLine is one line read from a connection.
 type tcpLine struct {
 	data      []byte
@@ -49,6 +54,12 @@ func (s *Shipper) serveTCP(ctx context.Context, ln net.Listener) error {
 				return
 			}
 			mu.Lock()
+			if len(conns) >= maxConns {
+				mu.Unlock()
+				s.log.Warn("access log connection refused: too many open", "from", c.RemoteAddr().String(), "max", maxConns)
+				c.Close()
+				continue
+			}
 			conns[c] = true
 			mu.Unlock()
 			wg.Add(1)
