@@ -267,6 +267,11 @@ type faultyCollector struct {
 	fails int
 	times []time.Time
 	hold  chan struct{} // if not nil, each POST waits until it is closed
+	// lost: the POSTs (by number, from 1) that are forwarded to the
+	// collector, which stores them, but whose answer never reaches the
+	// gateway: the connection is closed instead, as when the collector's
+	// process dies after Kafka acknowledged.
+	lost map[int]bool
 }
 
 func newFaultyCollector(t *testing.T, target string, fails int) *faultyCollector {
@@ -279,8 +284,9 @@ func newFaultyCollector(t *testing.T, target string, fails int) *faultyCollector
 	fc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fc.mu.Lock()
 		fc.times = append(fc.times, time.Now())
-		fail := len(fc.times) <= fc.fails
-		hold := fc.hold
+		n := len(fc.times)
+		fail := n <= fc.fails
+		hold, lost := fc.hold, fc.lost[n]
 		fc.mu.Unlock()
 		if hold != nil {
 			<-hold
@@ -289,6 +295,14 @@ func newFaultyCollector(t *testing.T, target string, fails int) *faultyCollector
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("Retry-After", "1")
 			http.Error(w, `{"error":"kafka unavailable"}`, http.StatusServiceUnavailable)
+			return
+		}
+		if lost {
+			rec := httptest.NewRecorder()
+			proxy.ServeHTTP(rec, r)
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				c.Close()
+			}
 			return
 		}
 		proxy.ServeHTTP(w, r)
@@ -450,5 +464,43 @@ func TestGatewayHAProxyBoundsItsQueue(t *testing.T) {
 	}
 	if n := queryUint64(t, p.db, "SELECT count() FROM events WHERE startsWith(api_key_id, {p:String})", prefix+"-bad"); n != 0 {
 		t.Errorf("%d events stored with an unknown token", n)
+	}
+}
+
+// TestGatewayHAProxyAnswerLostStoresOnce: the collector stores two batches
+// but their answers are lost (the connection dies before the 202); HAProxy
+// retries them, and every request is still stored and counted once.
+func TestGatewayHAProxyAnswerLostStoresOnce(t *testing.T) {
+	bin := testenv.Require(t, envHAProxy)
+	p := newGatewayPipeline(t)
+	upstream := gatewayUpstream(t)
+	fc := newFaultyCollector(t, p.Collector, 0)
+	fc.lost = map[int]bool{1: true, 3: true}
+	g := startHAProxyGateway(t, bin, strings.TrimPrefix(upstream.URL, "http://"), fc.srv.URL, "edge-lost", "METERLINE_FLUSH_MS=100", "METERLINE_BATCH_SIZE=20")
+	prefix := testenv.Unique("halost")
+	start := time.Now()
+	reqs := gwRequests(120, []string{prefix + "-a", prefix + "-b"}, "l")
+	sendThrough(t, g.URL, reqs, 4)
+	metered := meteredCount(reqs)
+	waitGatewayStored(t, p.db, prefix, metered)
+	p.waitUsage(t, start.Add(-time.Minute), wantUsage(reqs))
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if c := g.counters(t); c["meterline_client_queue_depth"] != 0 || c["meterline_client_events_sent_total"] != float64(metered) {
+			return fmt.Errorf("counters %v, want %d sent and nothing held", c, metered)
+		}
+		return nil
+	})
+	fc.mu.Lock()
+	posts := len(fc.times)
+	fc.mu.Unlock()
+	c := g.counters(t)
+	t.Logf("%d POSTs, two of them stored without an answer; the Lua sender retried %v times (HAProxy's httpclient retries a connection closed before the answer itself)", posts, c["meterline_client_retries_total"])
+	if posts < 4 {
+		t.Fatalf("%d POSTs: the lost answers were not re-sent", posts)
+	}
+	distinct := queryUint64(t, p.db, "SELECT uniqExact(id) FROM events WHERE startsWith(api_key_id, {p:String})", prefix)
+	final := queryUint64(t, p.db, "SELECT count() FROM events FINAL WHERE startsWith(api_key_id, {p:String})", prefix)
+	if distinct != uint64(metered) || final != uint64(metered) {
+		t.Fatalf("%d distinct ids, %d stored (FINAL), want %d", distinct, final, metered)
 	}
 }
