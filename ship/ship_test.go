@@ -270,3 +270,25 @@ func TestReadConnFramesLines(t *testing.T) {
 		t.Errorf("partial last line counted %v times as malformed, want 1", v)
 	}
 }
+
+// FuzzMapCaddyLine: no line makes the mapping panic, and an event it
+// returns has a non-empty id of at most 128 bytes and a status in range.
+func FuzzMapCaddyLine(f *testing.F) {
+	f.Add([]byte(caddyLine))
+	f.Add([]byte(`{"request":{"headers":{"X-Api-Key-Id":["k"]}},"status":200,"ts":"2026-01-01T00:00:00Z","duration":"1ms"}`))
+	f.Add([]byte(`{"request":null,"status":null}`))
+	f.Add([]byte("\x00{"))
+	m, err := NewMapper(CaddyConfig{KeyHeader: "X-Api-Key-Id", IDHeader: "X-Request-Id", UnitsHeader: "X-Units", Routes: []string{"/v1/pets/{id}", "/f/{p...}"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		ev, err := m.Map(line)
+		if err != nil {
+			return
+		}
+		if ev.ID == "" || len(ev.ID) > 128 || ev.Status < 100 || ev.Status > 599 || ev.APIKeyID == "" || len(ev.Route) > 1024 {
+			t.Fatalf("event %+v from %q", ev, line)
+		}
+	})
+}
