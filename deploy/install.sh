@@ -10,8 +10,11 @@
 #                against its pinned integrity, into web/assets/static/vendor/
 #                (git-ignored; embedded by the next go build)
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
-#   gateway      nginx with the Lua module and lua-nginx-kafka, for the
-#                example gateway in deploy/nginx and its test
+#   gateway      nginx with the Lua module and lua-nginx-kafka, HAProxy and
+#                Caddy, for the example gateways in deploy/nginx,
+#                deploy/haproxy and deploy/caddy and their tests (the
+#                services the packages start, where an init system runs,
+#                are stopped and disabled again: the tests run their own)
 #   browser      chromium, the headless browser of the web interface's tests
 #   promtool     Prometheus's promtool (package prometheus), which checks and
 #                unit-tests the alert rules in deploy/prometheus; the
@@ -116,9 +119,13 @@ apt_install() {
 	fi
 }
 
-# What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
-# (Debian 12's nginx-light is nginx plus the echo module; nginx is enough.)
-GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka)
+# What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it
+# (Debian 12's nginx-light is nginx plus the echo module; nginx is enough);
+# HAProxy 2.6 (Lua 5.3 built in) for deploy/haproxy, Caddy 2.6 for
+# deploy/caddy.
+GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka haproxy caddy)
+GATEWAY_BINS=(nginx haproxy caddy)
+GATEWAY_SERVICES=(nginx haproxy caddy)
 GATEWAY_FILES=(
 	/usr/lib/nginx/modules/ndk_http_module.so
 	/usr/lib/nginx/modules/ngx_http_lua_module.so
@@ -126,18 +133,32 @@ GATEWAY_FILES=(
 )
 
 gateway_missing() {
-	PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || return 0
-	local f
+	local b f
+	for b in "${GATEWAY_BINS[@]}"; do PATH="$PATH:/usr/sbin:/sbin" command -v "$b" >/dev/null || return 0; done
 	for f in "${GATEWAY_FILES[@]}"; do [[ -f "$f" ]] || return 0; done
 	return 1
 }
 
 install_gateway() {
 	if ! gateway_missing; then return; fi
-	command -v apt-get >/dev/null || die "the gateway needs Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07) by hand"
-	apt_install "Debian also starts its nginx service; the gateway and its test run their own" "${GATEWAY_PACKAGES[@]}"
+	command -v apt-get >/dev/null || die "the gateways need Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07, HAProxy 2.6+ with Lua, Caddy 2.6+) by hand"
+	local active=() s
+	if command -v systemctl >/dev/null; then
+		for s in "${GATEWAY_SERVICES[@]}"; do
+			if systemctl is-active --quiet "$s" 2>/dev/null; then active+=("$s"); fi
+		done
+	fi
+	apt_install "the gateways' own services are left stopped; the gateways and their tests run their own" "${GATEWAY_PACKAGES[@]}"
+	if command -v systemctl >/dev/null; then
+		for s in "${GATEWAY_SERVICES[@]}"; do
+			if [[ " ${active[*]} " != *" $s "* ]] && systemctl is-active --quiet "$s" 2>/dev/null; then
+				log "stopping and disabling the $s service the package started"
+				"${SUDO[@]}" systemctl disable --now "$s" || log "warning: could not stop the $s service: stop it with 'systemctl disable --now $s'"
+			fi
+		done
+	fi
 	if gateway_missing; then
-		die "${GATEWAY_PACKAGES[*]} are installed, yet nginx or one of ${GATEWAY_FILES[*]} is missing"
+		die "${GATEWAY_PACKAGES[*]} are installed, yet one of ${GATEWAY_BINS[*]} or ${GATEWAY_FILES[*]} is missing"
 	fi
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: installs what is missing (deploy/install.sh, and its gateway
-# and browser parts: nginx for the gateway test, chromium for the browser
+# and browser parts: nginx, HAProxy and Caddy for the gateway tests, chromium for the browser
 # tests; promtool for the alert rules' tests), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
@@ -15,15 +15,18 @@ cd "$REPO_DIR"
 "$DEPLOY_DIR/install.sh"
 export CHDB_LIB_PATH="$CHDB_LIB"
 export METERLINE_TEST_SCHEMATHESIS="$SCHEMATHESIS_BIN"
-# The nginx gateway test needs Debian's nginx, Lua module and Lua Kafka
-# producer: without them (no apt-get, no root) it is skipped, except in CI.
+# The gateway tests need Debian's nginx (with its Lua module and Lua Kafka
+# producer), HAProxy and Caddy: without them (no apt-get, no root) they are
+# skipped, except in CI.
 if "$DEPLOY_DIR/install.sh" gateway; then
-	export METERLINE_TEST_NGINX
+	export METERLINE_TEST_NGINX METERLINE_TEST_HAPROXY METERLINE_TEST_CADDY
 	METERLINE_TEST_NGINX="$(PATH="$PATH:/usr/sbin:/sbin" command -v nginx)"
+	METERLINE_TEST_HAPROXY="$(PATH="$PATH:/usr/sbin:/sbin" command -v haproxy)"
+	METERLINE_TEST_CADDY="$(PATH="$PATH:/usr/sbin:/sbin" command -v caddy)"
 elif [[ -n "${CI:-}" ]]; then
 	die "the gateway packages are required in CI"
 else
-	log "warning: the gateway packages could not be installed; the nginx gateway test will be skipped"
+	log "warning: the gateway packages could not be installed; the gateway tests will be skipped"
 fi
 # The web interface's browser tests drive Debian's chromium headless: without
 # it they are skipped, except in CI.

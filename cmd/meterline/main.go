@@ -33,6 +33,7 @@ func commands() []command {
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
 		{"demo", "send realistic traffic for the development customers to a running Meterline and print its alerts", runDemo},
 		{"dlq", "dead-letter topic: list, show and replay its messages after a fix", runDLQ},
+		{"ship", "ship a gateway's access log (Caddy's JSON log) to the collector as events", runShip},
 		{"token", "create an API token and print its configuration entry", runToken},
 		{"config", "validate the configuration and print the effective settings", runConfig},
 		{"version", "print the version", runVersion},
