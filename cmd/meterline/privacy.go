@@ -171,6 +171,12 @@ func openPrivacy(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Confi
 		return nil, nil, nil, err
 	}
 	svc := privacy.NewService(cfg.Privacy.Config, db, nil, log)
+	elog, err := privacy.OpenErasureLog(cfg.erasureLogPath())
+	if err != nil {
+		db.Close()
+		return nil, nil, nil, err
+	}
+	svc.SetErasureLog(elog)
 	if cfg.Limits.CatalogueFile != "" {
 		cat, err := limits.LoadRegistry(cfg.Limits.CatalogueFile)
 		if err != nil {
