@@ -490,3 +490,56 @@ func fileDigests(t *testing.T, dir string) map[string]string {
 	})
 	return out
 }
+
+// TestBackupWithEncryptionAtRest backs up an engine encrypted at rest:
+// the backup is written with the at-rest keys (no stored value in plain
+// in it), restores with them into a fresh directory that is encrypted
+// too, and is refused clearly where the key that wrote it is missing.
+func TestBackupWithEncryptionAtRest(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	writeKeys(t, keys, "1 "+hexKey(t)+"\n", 0o600)
+	e := newBackupEnvEncrypted(t, keys)
+	e.insert("ev", 1000)
+	before := e.counts(e.cfg)
+	out := e.ok("backup", "create", "--name", "enc", "--quiet")
+	if !strings.Contains(out, "encryption at-rest-keys") {
+		t.Fatalf("create said:\n%s", out)
+	}
+	if hits := grepDir(t, filepath.Join(e.backupDir(), "enc"), "QZBACKUPMARKQZ"); len(hits) > 0 {
+		t.Fatalf("the backup holds stored values in plain: %v", hits)
+	}
+	fresh := filepath.Join(t.TempDir(), "restored")
+	e.ok("backup", "restore", "--target", fresh, "--quiet", "enc")
+	if hits := grepDir(t, fresh, "QZBACKUPMARKQZ"); len(hits) > 0 {
+		t.Fatalf("the restored data directory holds stored values in plain: %v", hits)
+	}
+	restored := e.withDataDir(fresh)
+	if got := e.counts(restored); strings.Join(got, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("restored:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	// Another key under the same id cannot read the backup.
+	writeKeys(t, keys, "1 "+hexKey(t)+"\n", 0o600)
+	other := filepath.Join(t.TempDir(), "other")
+	e.fails(1, "not configured", "backup", "restore", "--target", other, "--quiet", "enc")
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Fatalf("a refused restore created the target: %v", err)
+	}
+}
+
+func newBackupEnvEncrypted(t *testing.T, keys string) *backupEnv {
+	t.Helper()
+	testenv.Require(t, testenv.EnvChdb)
+	brokers := testenv.KafkaBrokers(t)
+	cfg, _ := writeConfig(t, strings.Join(brokers, ","), testenv.Unique("backup"), "privacy:\n  erased_refresh: 10ms\n")
+	e := &backupEnv{t: t, cfg: cfg, dataDir: filepath.Join(filepath.Dir(cfg), "ch")}
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "  data_dir: "+e.dataDir+"\n", "  data_dir: "+e.dataDir+"\n  encryption:\n    keys_file: "+keys+"\n", 1)
+	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.ok("migrate")
+	return e
+}
