@@ -19,13 +19,13 @@ import (
 // backupEnv is one test stack for the backup commands: a configuration,
 // its data directory, backups directory and erasure log.
 type backupEnv struct {
-	t       *testing.T
+	t       testing.TB
 	cfg     string
 	dataDir string
 	env     []string
 }
 
-func newBackupEnv(t *testing.T, extra string) *backupEnv {
+func newBackupEnv(t testing.TB, extra string) *backupEnv {
 	t.Helper()
 	testenv.Require(t, testenv.EnvChdb)
 	brokers := testenv.KafkaBrokers(t)
