@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -522,10 +523,26 @@ func ReadManifest(st *BackupStore, name string) (*BackupManifest, error) {
 			break
 		}
 	}
+	if _, err := m.PartitionOffsets(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %s: manifest: %w", ErrBackupCorrupt, name, errors.Join(errs...))
 	}
 	return &m, nil
+}
+
+// PartitionOffsets returns KafkaOffsets by partition number.
+func (m *BackupManifest) PartitionOffsets() (map[int]int64, error) {
+	out := make(map[int]int64, len(m.KafkaOffsets))
+	for k, v := range m.KafkaOffsets {
+		p, err := strconv.Atoi(k)
+		if err != nil || p < 0 || p > 1<<20 || v < 0 {
+			return nil, fmt.Errorf("kafka offset %q: %d is not a partition and an offset", k, v)
+		}
+		out[p] = v
+	}
+	return out, nil
 }
 
 func validIdentifier(s string) bool { return identifier.MatchString(s) && len(s) <= 64 }

@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meterline/meterline/ingest"
 	"github.com/meterline/meterline/internal/term"
 	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/store"
@@ -104,7 +105,9 @@ const backupUsage = `Usage: meterline backup create|list|verify|restore|prune [f
   list     list the backups with their time, base, size and state
   verify   check a backup's files against its manifest (and its bases')
   restore  restore a backup into the data directory (or --target DIR),
-           re-apply every erasure recorded since, then put it in place
+           re-apply every erasure recorded since, then put it in place;
+           --reset-offsets makes serve read again from Kafka what the
+           backup lacks
   prune    remove backups older than backup.retention_months
 
 The embedded engine's data directory can be open in one process only:
@@ -351,8 +354,9 @@ func runBackupVerify(args []string, stdout, stderr io.Writer) error {
 
 func runBackupRestore(args []string, stdout, stderr io.Writer) error {
 	var target *string
-	var replace, quiet *bool
-	cfg, st, rest, err := backupFlags("restore", "restore [--config FILE] [--target DIR] [--replace] [--quiet] NAME", args, stderr, func(fs *flag.FlagSet) {
+	var replace, quiet, resetOffsets *bool
+	cfg, st, rest, err := backupFlags("restore", "restore [--config FILE] [--target DIR] [--replace] [--reset-offsets] [--quiet] NAME", args, stderr, func(fs *flag.FlagSet) {
+		resetOffsets = fs.Bool("reset-offsets", false, "reset the sink's consumer group (sink.group_id) to the backup's Kafka offsets, so that serve reads again every event the backup lacks (no sink may run)")
 		target = fs.String("target", "", "data `directory` to restore into (default clickhouse.data_dir); it must be missing or empty unless --replace")
 		replace = fs.Bool("replace", false, "replace a data directory that holds data (the engine must be stopped)")
 		quiet = fs.Bool("quiet", false, "no progress bar")
@@ -419,6 +423,16 @@ func runBackupRestore(args []string, stdout, stderr io.Writer) error {
 		r.Abort()
 		return fmt.Errorf("%w\n(nothing was restored: the target is unchanged)", err)
 	}
+	if *resetOffsets {
+		offsets, err := r.Manifest.PartitionOffsets()
+		if err == nil {
+			_, err = ingest.ResetGroupOffsets(ctx, cfg.Kafka, cfg.Sink.GroupID, offsets)
+		}
+		if err != nil {
+			r.Abort()
+			return fmt.Errorf("%w\n(nothing was restored: the target is unchanged)", err)
+		}
+	}
 	if err := r.Commit(); err != nil {
 		return err
 	}
@@ -440,7 +454,11 @@ func runBackupRestore(args []string, stdout, stderr io.Writer) error {
 			parts = append(parts, p)
 		}
 		sort.Strings(parts)
-		fmt.Fprintf(stdout, "events topic offsets after the backup's newest events (reset the sink's consumer group %s to these to read again what the backup lacks):", cfg.Sink.GroupID)
+		if *resetOffsets {
+			fmt.Fprintf(stdout, "consumer group %s reset to the offsets after the backup's newest events:", cfg.Sink.GroupID)
+		} else {
+			fmt.Fprintf(stdout, "events topic offsets after the backup's newest events (--reset-offsets resets the sink's consumer group %s to these, to read again what the backup lacks):", cfg.Sink.GroupID)
+		}
 		for _, p := range parts {
 			fmt.Fprintf(stdout, " %s:%d", p, r.Manifest.KafkaOffsets[p])
 		}
