@@ -601,3 +601,60 @@ func TestBackupRestoreRereadsKafka(t *testing.T) {
 		t.Fatalf("the erased customer's events came back from Kafka: %v", got)
 	}
 }
+
+// TestBackupSettings: defaults follow the data directory, bad settings
+// are refused with the setting's name.
+func TestBackupSettings(t *testing.T) {
+	c, err := loadConfig("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.backupDir() != ".run/backups" || c.erasureLogPath() != ".run/erasures.jsonl" || c.Backup.RetentionMonths != 12 {
+		t.Fatalf("defaults: %s %s %d", c.backupDir(), c.erasureLogPath(), c.Backup.RetentionMonths)
+	}
+	c.ClickHouse.DataDir = "/srv/m/ch"
+	if c.backupDir() != "/srv/m/backups" || c.erasureLogPath() != "/srv/m/erasures.jsonl" {
+		t.Fatalf("defaults follow the data directory: %s %s", c.backupDir(), c.erasureLogPath())
+	}
+	c2, err := loadConfig("", []string{"METERLINE_RETENTION_RAW_MONTHS=24"})
+	if err != nil || c2.Backup.RetentionMonths != 24 {
+		t.Fatalf("backup retention follows the longest data retention: %v %v", c2.Backup.RetentionMonths, err)
+	}
+	for _, bad := range []struct{ file, want string }{
+		{"backup:\n  retention_months: 0\n", ""},
+		{"backup:\n  retention_months: -1\n", "backup.retention_months: -1 is out of range"},
+		{"backup:\n  retention_months: 5000\n", "backup.retention_months: 5000 is out of range"},
+		{"clickhouse:\n  data_dir: /srv/ch\nbackup:\n  dir: /srv/ch/backups\n", "backup.dir: /srv/ch/backups must lie outside the data directory"},
+		{"clickhouse:\n  data_dir: /srv/ch\nbackup:\n  dir: /srv\n", "must lie outside the data directory"},
+		{"clickhouse:\n  data_dir: /srv/ch\nprivacy:\n  erasure_log: /srv/ch/erasures.jsonl\n", "privacy.erasure_log: /srv/ch/erasures.jsonl must lie outside the data directory"},
+		{"backup:\n  dir: /srv/b\nprivacy:\n  erasure_log: /srv/b/e.jsonl\n", "must lie outside the backups directory"},
+		{"backup:\n  password: " + strings.Repeat("p", 1025) + "\n", "backup.password: longer than 1024 bytes"},
+		{"backup:\n  compress: yes\n", "field compress not found"},
+	} {
+		c, err := loadConfig(writeFile(t, bad.file), nil)
+		if err == nil {
+			err = c.Validate()
+		}
+		if bad.want == "" {
+			if err != nil {
+				t.Errorf("%q: %v", bad.file, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v, want %q", bad.file, err, bad.want)
+		}
+	}
+	// The password is a secret: printed redacted, readable from a file.
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := loadConfig("", []string{"METERLINE_BACKUP_PASSWORD_FILE=" + pw})
+	if err != nil || c3.Backup.Password != "s3cret" {
+		t.Fatalf("password from a file: %q %v", c3.Backup.Password, err)
+	}
+	if shown := redactSecrets(c3); shown.Backup.Password != redacted {
+		t.Fatalf("password shown as %q", shown.Backup.Password)
+	}
+}
