@@ -258,12 +258,18 @@ func runAsync(ctx context.Context, c Conn, q, dir string, total int64, progress 
 		}
 		switch status {
 		case "BACKUP_CREATED", "RESTORED":
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if progress != nil {
 				done := treeSize(dir)
 				progress(done, max(total, done))
 			}
 			return nil
 		case "BACKUP_FAILED", "RESTORE_FAILED", "BACKUP_CANCELLED", "RESTORE_CANCELLED":
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if i := strings.Index(errText, ", Stack trace"); i > 0 {
 				errText = errText[:i]
 			}
@@ -273,11 +279,15 @@ func runAsync(ctx context.Context, c Conn, q, dir string, total int64, progress 
 			done := treeSize(dir)
 			progress(done, max(total, done))
 		}
+		if ctx.Err() != nil {
+			// A started BACKUP or RESTORE cannot be stopped from here: wait
+			// for the engine to finish it, so that the caller removes
+			// what it wrote only once nothing writes there any more.
+			<-tick.C
+			continue
+		}
 		select {
 		case <-ctx.Done():
-			// The engine finishes the operation; the caller removes what
-			// it wrote.
-			return ctx.Err()
 		case <-tick.C:
 		}
 	}

@@ -449,6 +449,24 @@ func TestBackupBadInput(t *testing.T) {
 	} {
 		e.fails(c.code, c.want, c.args...)
 	}
+	for args, want := range map[string][]string{
+		"backup restore -h": {"-target", "-replace", "-reset-offsets", "-dir", "-quiet"},
+		"backup create -h":  {"-name", "-base", "-no-prune", "-quiet"},
+		"backup help":       {"create", "list", "verify", "restore", "prune", "stop 'meterline serve'"},
+	} {
+		out, err := meterlineCmd(t, nil, strings.Fields(args)...)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", args, err, out)
+		}
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s lacks %q:\n%s", args, w, out)
+			}
+		}
+	}
+	if out, err := meterlineCmd(t, nil, "backup"); err == nil || !strings.Contains(out, "Usage: meterline backup") {
+		t.Fatalf("backup without a subcommand: %v\n%s", err, out)
+	}
 	if out := e.ok("backup", "list"); strings.Contains(out, " x ") || !strings.Contains(out, "good") {
 		t.Fatalf("list after refused commands:\n%s", out)
 	}
