@@ -728,3 +728,28 @@ func TestBackupCreateKilled(t *testing.T) {
 		t.Fatalf("restored after a killed create:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
 	}
 }
+
+// TestPrivacyReapplyCommand plays a database restored by other means
+// (a server's own RESTORE): the erasure is missing from the tables and the
+// customer's rows are back; `privacy reapply` brings both from the log.
+func TestPrivacyReapplyCommand(t *testing.T) {
+	e := newBackupEnv(t, "")
+	e.insert("ev", 300)
+	e.ok("privacy", "erase", "--customer", "cus-A", "--yes")
+	e.ok("sql", "ALTER TABLE privacy_erasures DELETE WHERE customer_id = 'cus-A' SETTINGS mutations_sync = 2")
+	e.insert("back", 300)
+	if got := sqlRows(t, e.cfg, "SELECT count() FROM events WHERE customer_id = 'cus-A'"); got[0] == "0" {
+		t.Fatal("setup: no rows of cus-A")
+	}
+	out := e.ok("privacy", "reapply")
+	if !strings.Contains(out, "1 re-applied") {
+		t.Fatalf("reapply said:\n%s", out)
+	}
+	if got := filterCustomer(e.counts(e.cfg), "cus-A"); len(got) != 0 {
+		t.Fatalf("rows of the erased customer after reapply: %v", got)
+	}
+	if got := sqlRows(t, e.cfg, "SELECT status FROM privacy_erasures FINAL WHERE customer_id = 'cus-A'"); len(got) != 1 || got[0] != "done" {
+		t.Fatalf("erasure after reapply: %v", got)
+	}
+	e.fails(2, "unexpected argument", "privacy", "reapply", "extra")
+}
