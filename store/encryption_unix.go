@@ -64,9 +64,15 @@ func loadLibc() error {
 	return libcErr
 }
 
+// envKey is one key the engine reads from its environment.
+type envKey struct {
+	name string
+	key  []byte
+}
+
 // setKeyEnv puts the keys into the C environment as hex and returns the
 // function that removes them again (and wipes the Go copies).
-func setKeyEnv(e *Encryption) (func(), error) {
+func setKeyEnv(keys []envKey) (func(), error) {
 	if err := loadLibc(); err != nil {
 		return nil, err
 	}
@@ -76,11 +82,11 @@ func setKeyEnv(e *Encryption) (func(), error) {
 			libcUnsetenv(&n[0])
 		}
 	}
-	for _, k := range e.Keys {
-		n := cbytes([]byte(KeyEnvName(k.ID)))
-		v := make([]byte, 2*len(k.Key)+1)
+	for _, k := range keys {
+		n := cbytes([]byte(k.name))
+		v := make([]byte, 2*len(k.key)+1)
 		const digits = "0123456789abcdef"
-		for i, b := range k.Key {
+		for i, b := range k.key {
 			v[2*i], v[2*i+1] = digits[b>>4], digits[b&15]
 		}
 		rc := libcSetenv(&n[0], &v[0], 1)
@@ -89,9 +95,29 @@ func setKeyEnv(e *Encryption) (func(), error) {
 		}
 		if rc != 0 {
 			clear()
-			return nil, fmt.Errorf("store: setenv %s failed", KeyEnvName(k.ID))
+			return nil, fmt.Errorf("store: setenv %s failed", k.name)
 		}
 		names = append(names, n)
 	}
 	return clear, nil
+}
+
+// checkNotRunning fails when an engine holds dir's lock, without creating
+// or changing anything in dir (a stopped engine leaves no lock file).
+func checkNotRunning(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, "status"), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: lock data directory: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w: data directory %s is in use by a running engine; stop it first", ErrUnavailable, dir)
+		}
+		return fmt.Errorf("store: lock data directory: %w", err)
+	}
+	return unix.Flock(int(f.Fd()), unix.LOCK_UN)
 }

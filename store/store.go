@@ -54,6 +54,11 @@ type Config struct {
 	// with its own storage configuration (see StorageConfigXML and
 	// MigrateOptions.StoragePolicy).
 	Encryption *Encryption
+	// Backup gives the embedded engine the backups directory (embedded
+	// only; nil, the default, gives it none, and BACKUP and RESTORE are
+	// refused). It takes effect only on the Open that boots the engine.
+	// A server needs the disk meterline_backup in its own configuration.
+	Backup *BackupStore
 	// DialTimeout bounds connecting to the server (server only; default 5s).
 	DialTimeout time.Duration
 	// MaxOpenConns bounds the connections one Conn uses concurrently

@@ -38,6 +38,7 @@ type Config struct {
 	Events     EventsConfig           `yaml:"events"`
 	Privacy    PrivacyConfig          `yaml:"privacy"`
 	Retention  RetentionConfig        `yaml:"retention"`
+	Backup     BackupConfig           `yaml:"backup"`
 	Collector  ingest.CollectorConfig `yaml:"collector"`
 	Sink       ingest.SinkConfig      `yaml:"sink"`
 	Aggregate  aggregate.Config       `yaml:"aggregate"`
@@ -207,6 +208,9 @@ func (c *Config) applyDefaults() {
 	if c.Retention.LedgerMonths == 0 {
 		c.Retention.LedgerMonths = 12
 	}
+	if c.Backup.RetentionMonths == 0 {
+		c.Backup.RetentionMonths = max(c.Retention.RawMonths, c.Retention.RollupMonths)
+	}
 	c.Billing = c.Billing.WithDefaults()
 	c.Aggregate = c.Aggregate.WithDefaults()
 	c.Limits = c.Limits.WithDefaults()
@@ -290,6 +294,7 @@ func (c *Config) Validate() error {
 	if c.Retention.LedgerMonths < 1 || c.Retention.LedgerMonths > 1200 {
 		errs = append(errs, fmt.Errorf("retention.ledger_months: %d is out of range 1-1200", c.Retention.LedgerMonths))
 	}
+	errs = append(errs, c.Backup.validate(c))
 	errs = append(errs, c.Billing.Validate())
 	if tokens, err := auth.New(c.Auth.Tokens); err != nil {
 		errs = append(errs, err)

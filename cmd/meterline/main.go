@@ -30,6 +30,7 @@ func commands() []command {
 		{"usage", "print a customer's or key's usage from a running server", runUsage},
 		{"privacy", "privacy: retention, export, erasure and account deletion of a customer's data", runPrivacy},
 		{"encryption", "encryption at rest: status (which keys the data uses), rotate (rewrite it with the current key), migrate (encrypt unencrypted data), generate-key, server-config", runEncryption},
+		{"backup", "backups: create (full or incremental), list, verify, restore (re-applying every erasure since), prune", runBackup},
 		{"sql", "run one SQL statement against the configured ClickHouse engine", runSQL},
 		{"demo", "send realistic traffic for the development customers to a running Meterline and print its alerts", runDemo},
 		{"dlq", "dead-letter topic: list, show and replay its messages after a fix", runDLQ},

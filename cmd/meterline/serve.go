@@ -301,6 +301,11 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
+		elog, err := privacy.OpenErasureLog(cfg.erasureLogPath())
+		if err != nil {
+			return err
+		}
+		erasures.SetErasureLog(elog)
 		erasures.CatalogueKeys(catalogueKeys(registry))
 		erasures.KeyOwners(keyOwners(registry))
 		goRun("erasures", erasures.Run)
