@@ -14,6 +14,8 @@ cd "$REPO_DIR"
 "$DEPLOY_DIR/install.sh"
 export CHDB_LIB_PATH="$CHDB_LIB"
 export METERLINE_TEST_SCHEMATHESIS="$SCHEMATHESIS_BIN"
+# The three-node cluster of the Kafka fault test runs from the same jars.
+export METERLINE_TEST_KAFKA_LIBS="$KAFKA_LIBS"
 # The nginx gateway test needs Debian's nginx, Lua module and Lua Kafka
 # producer: without them (no apt-get, no root) it is skipped, except in CI.
 if "$DEPLOY_DIR/install.sh" gateway; then

@@ -29,7 +29,7 @@ type Cluster struct {
 // a busy machine) and stops it at the end of the test.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
-	Require(t, EnvKafka) // the jars are installed when the shared broker is
+	Require(t, EnvKafkaLibs)
 	var c *Cluster
 	for attempt := 1; ; attempt++ {
 		c = &Cluster{dir: t.TempDir(), t: t}
