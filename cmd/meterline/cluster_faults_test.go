@@ -202,6 +202,11 @@ type faultReport struct {
 }
 
 func (r faultReport) String() string {
+	if r.leaderMoved == 0 { // no election: the quorum was lost
+		return fmt.Sprintf("%-32s %3d answers 503 until %6s, longest without 202 %6s, in sync again %6s; %5.0f events/s from fault to in sync (%5.0f before: ratio %.2f)",
+			r.name, r.n503, r.lastFail.Round(10*time.Millisecond), r.gap.Round(10*time.Millisecond),
+			r.healed.Round(10*time.Millisecond), r.rate, r.baseline, r.rate/r.baseline)
+	}
 	return fmt.Sprintf("%-32s new leader %6s, %3d answers 503 until %6s, longest without 202 %6s, in sync again %6s; %5.0f events/s from fault to in sync (%5.0f before: ratio %.2f)",
 		r.name, r.leaderMoved.Round(10*time.Millisecond), r.n503, r.lastFail.Round(10*time.Millisecond), r.gap.Round(10*time.Millisecond),
 		r.healed.Round(10*time.Millisecond), r.rate, r.baseline, r.rate/r.baseline)
@@ -212,13 +217,15 @@ func (r faultReport) String() string {
 // embedded engine) against a three-node Kafka cluster, topics with
 // replication factor 3 and min.insync.replicas=2, while six workers post
 // batches as gateways do. It SIGKILLs the leader of the busy partition,
-// starts it again, SIGKILLs another node and starts it again, then
-// restarts all three nodes one by one. Afterwards every event answered 202
-// is stored exactly once, the collectors answered nothing but 202 and 503
-// (within their produce_timeout), nothing was dead-lettered, and the sink
-// went on by itself. It logs, per fault, the time until a new leader and
-// until the first 202, and the acknowledged events/s against the rate
-// before the fault (`make faults` runs it alone, verbosely).
+// starts it again, SIGKILLs another node and starts it again, restarts
+// all three nodes one by one, and last kills two nodes at once (nothing
+// may be acknowledged then) and starts them again. Afterwards every event
+// answered 202 is stored exactly once, the collectors answered nothing but
+// 202 and 503 (within their produce_timeout), nothing was dead-lettered,
+// and the sink went on by itself. It logs, per fault, the time until new
+// leaders, the 503s and the longest time without a 202, and the
+// acknowledged events/s against the rate just before the fault (`make
+// faults` runs it alone and shows these lines).
 func TestClusterFaultsUnderLoad(t *testing.T) {
 	testenv.Require(t, testenv.EnvChdb)
 	cl := testenv.StartCluster(t)
@@ -370,6 +377,45 @@ func TestClusterFaultsUnderLoad(t *testing.T) {
 	for id := 1; id <= 3; id++ {
 		fault(fmt.Sprintf("rolling restart: node %d", id), id, false)
 	}
+
+	// Two of three nodes down: one replica cannot make min.insync.replicas=2,
+	// so with acks=all no batch may be acknowledged; the collectors answer
+	// 503 and the gateways keep their batches. Then both come back.
+	a, b := leader, leader%3+1
+	base := baseline()
+	cl.Kill(a)
+	cl.Kill(b)
+	down := time.Now()
+	// Requests in flight at the kills end within produce_timeout; count
+	// refusals from then on.
+	settled := down.Add(3 * time.Second)
+	testenv.Eventually(t, 60*time.Second, func() error {
+		if n, _, _ := load.outage(settled); n < 12 {
+			return fmt.Errorf("%d answers 503 since nodes %d and %d went down", n, a, b)
+		}
+		return nil
+	})
+	if n, _ := load.ackedAfter(down); n != 0 {
+		t.Fatalf("%d events acknowledged with 202 while only one of three replicas was up (min.insync.replicas=2)", n)
+	}
+	refused, _, _ := load.outage(down)
+	cl.StartNode(a)
+	cl.StartNode(b)
+	back := time.Now()
+	testenv.Eventually(t, 120*time.Second, func() error {
+		if n, _ := load.ackedAfter(back); n < 2000 {
+			return fmt.Errorf("%d events acknowledged since nodes %d and %d are back", n, a, b)
+		}
+		return nil
+	})
+	testenv.Eventually(t, 120*time.Second, func() error { return cl.FullyReplicated(ctx, topic, topic+".dlq", offsets) })
+	r := faultReport{name: fmt.Sprintf("kill -9 two nodes (%d, %d)", a, b), baseline: base, healed: time.Since(down)}
+	var last time.Time
+	r.n503, last, r.gap = load.outage(down)
+	r.lastFail = last.Sub(down)
+	r.rate = float64(load.ackedBetween(down, time.Now())) / r.healed.Seconds()
+	reports = append(reports, r)
+	t.Logf("%s; 0 accepted while down (%d answers 503)", r, refused)
 
 	load.finish()
 	stopped = true
