@@ -56,9 +56,13 @@ check_ports() {
 
 node_dir() { echo "$dir/node$1"; }
 pid_of() { cat "$(node_dir "$1")/kafka.pid" 2>/dev/null; }
+# running N: node N's pid file names a live process that runs this node's
+# configuration (a pid reused by another process is not the node).
 running() {
-	local pid
-	pid="$(pid_of "$1")" && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+	local pid cmdline
+	pid="$(pid_of "$1")" && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+		cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" &&
+		[[ $cmdline == *"$(node_dir "$1")/server.properties"* ]]
 }
 node_port() { sed -n 's#^listeners=PLAINTEXT://127.0.0.1:\([0-9]*\),.*#\1#p' "$(node_dir "$1")/server.properties"; }
 
