@@ -5,7 +5,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: run demo test bench build install vet clean stop help
+.PHONY: run demo test faults bench build install vet clean stop help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,6 +18,9 @@ demo: ## with `make run` going: realistic traffic for the dev customers, their u
 
 test: ## install what is missing, start the shared servers, run every test
 	@deploy/test.sh
+
+faults: ## the Kafka fault test alone, verbose: a three-node cluster under load from two collectors, brokers killed and restarted; prints recovery times and events/s (ARGS="..." for `go test`)
+	@deploy/faults.sh $(ARGS)
 
 bench: ## `meterline bench --duration 60s` on a broker of its own: rate, latency, CPU, memory, lag vs raw Kafka and insert baselines (ARGS="..." overrides)
 	@deploy/bench.sh $(ARGS)

@@ -15,6 +15,8 @@ cd "$REPO_DIR"
 "$DEPLOY_DIR/install.sh"
 export CHDB_LIB_PATH="$CHDB_LIB"
 export METERLINE_TEST_SCHEMATHESIS="$SCHEMATHESIS_BIN"
+# The three-node cluster of the Kafka fault test runs from the same jars.
+export METERLINE_TEST_KAFKA_LIBS="$KAFKA_LIBS"
 # The gateway tests need Debian's nginx (with its Lua module and Lua Kafka
 # producer), HAProxy and Caddy: without them (no apt-get, no root) they are
 # skipped, except in CI.
