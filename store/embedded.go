@@ -1,4 +1,4 @@
-//go:build linux || darwin
+//go:build (linux || darwin) && !noembedded
 
 package store
 
@@ -16,6 +16,10 @@ import (
 	"sync"
 	"time"
 )
+
+// EmbeddedBuilt tells whether this binary carries the embedded engine (it
+// does unless built with the tag noembedded).
+const EmbeddedBuilt = true
 
 // defaultEmbeddedConns is the default pool size of one embedded Conn.
 // Connections on the same path run queries in parallel inside the engine,
