@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: installs what is missing (deploy/install.sh, and its gateway
-# and browser parts: nginx for the gateway test, chromium for the browser
-# tests; promtool for the alert rules' tests), starts the shared servers once (a
+# `make test`: installs what is missing (deploy/install.sh, the Helm chart's
+# tools among it, and its gateway and browser parts: nginx for the gateway
+# test, chromium for the browser tests; promtool for the alert rules' tests), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
@@ -14,6 +14,10 @@ cd "$REPO_DIR"
 "$DEPLOY_DIR/install.sh"
 export CHDB_LIB_PATH="$CHDB_LIB"
 export METERLINE_TEST_SCHEMATHESIS="$SCHEMATHESIS_BIN"
+# The Helm chart's tests (deploy/install.sh helm, part of the default install).
+export METERLINE_TEST_HELM="$HELM_BIN"
+export METERLINE_TEST_KUBECONFORM="$KUBECONFORM_BIN"
+export METERLINE_TEST_K8S_SCHEMAS="$K8S_SCHEMAS_DIR"
 # The nginx gateway test needs Debian's nginx, Lua module and Lua Kafka
 # producer: without them (no apt-get, no root) it is skipped, except in CI.
 if "$DEPLOY_DIR/install.sh" gateway; then
