@@ -531,79 +531,7 @@ func checkPodConfigs(t *testing.T, objs []k8sObject) {
 		if o.kind() != "Deployment" && o.kind() != "Job" {
 			continue
 		}
-		spec := dig(o, "spec", "template", "spec")
-		root := t.TempDir()
-		for _, v := range list(dig(spec, "volumes")) {
-			dir := filepath.Join(root, fmt.Sprint(dig(v, "name")))
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if cm := dig(v, "configMap", "name"); cm != nil {
-				obj, ok := rendered["ConfigMap/"+fmt.Sprint(cm)]
-				if !ok {
-					t.Fatalf("%s mounts the ConfigMap %v, which the chart does not render", o, cm)
-				}
-				for k, val := range dig(obj, "data").(map[string]any) {
-					writePodFile(t, filepath.Join(dir, k), fmt.Sprint(val))
-				}
-			}
-			for _, src := range list(dig(v, "projected", "sources")) {
-				name := fmt.Sprint(dig(src, "secret", "name"))
-				data := map[string]string{}
-				if obj, ok := rendered["Secret/"+name]; ok {
-					m, _ := dig(obj, "data").(map[string]any)
-					for k, val := range m {
-						b, err := base64.StdEncoding.DecodeString(fmt.Sprint(val))
-						if err != nil {
-							t.Fatalf("%s: data %s is not base64: %v", obj, k, err)
-						}
-						data[k] = string(b)
-					}
-				} else if ext, ok := external[name]; ok {
-					data = ext
-				} else {
-					t.Fatalf("%s projects the Secret %q, which neither the chart nor the test provides", o, name)
-				}
-				items := list(dig(src, "secret", "items"))
-				if items == nil {
-					for k, val := range data {
-						writePodFile(t, filepath.Join(dir, k), val)
-					}
-				}
-				for _, it := range items {
-					val, ok := data[fmt.Sprint(dig(it, "key"))]
-					if !ok {
-						t.Fatalf("%s: Secret %s has no key %v", o, name, dig(it, "key"))
-					}
-					writePodFile(t, filepath.Join(dir, fmt.Sprint(dig(it, "path"))), val)
-				}
-			}
-		}
-		// The container's --config, with the mount paths moved under root.
-		mounts := map[string]string{}
-		c := dig(spec, "containers", 0)
-		for _, m := range list(dig(c, "volumeMounts")) {
-			mounts[fmt.Sprint(dig(m, "mountPath"))] = filepath.Join(root, fmt.Sprint(dig(m, "name")))
-		}
-		var pairs []string
-		for mp, dir := range mounts {
-			pairs = append(pairs, mp+"/", dir+"/")
-		}
-		relocate := strings.NewReplacer(pairs...).Replace // one pass: a moved path is not moved again
-		var cfgPath string
-		for _, a := range list(dig(c, "args")) {
-			if p, ok := strings.CutPrefix(fmt.Sprint(a), "--config="); ok {
-				cfgPath = relocate(p)
-			}
-		}
-		if cfgPath == "" {
-			t.Fatalf("%s: no --config argument", o)
-		}
-		data, err := os.ReadFile(cfgPath)
-		if err != nil {
-			t.Fatalf("%s: its --config is not mounted: %v", o, err)
-		}
-		writePodFile(t, cfgPath, relocate(string(data)))
+		cfgPath, data := layOutPod(t, rendered, external, o)
 		cfg, err := loadConfig(cfgPath, nil)
 		if err == nil {
 			err = cfg.Validate()
@@ -626,6 +554,88 @@ func checkPodConfigs(t *testing.T, objs []k8sObject) {
 			}
 		}
 	}
+}
+
+// layOutPod writes, under a temporary directory, the files the volumes of
+// a rendered Deployment or Job would hold (its ConfigMap, the chart's Secret
+// and the user's Secrets projected into the secrets directory) and returns
+// the path of its --config there, with the mount paths in it moved along,
+// and the configuration as rendered.
+func layOutPod(t *testing.T, rendered map[string]k8sObject, external map[string]map[string]string, o k8sObject) (cfgPath string, data []byte) {
+	t.Helper()
+	spec := dig(o, "spec", "template", "spec")
+	root := t.TempDir()
+	for _, v := range list(dig(spec, "volumes")) {
+		dir := filepath.Join(root, fmt.Sprint(dig(v, "name")))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if cm := dig(v, "configMap", "name"); cm != nil {
+			obj, ok := rendered["ConfigMap/"+fmt.Sprint(cm)]
+			if !ok {
+				t.Fatalf("%s mounts the ConfigMap %v, which the chart does not render", o, cm)
+			}
+			for k, val := range dig(obj, "data").(map[string]any) {
+				writePodFile(t, filepath.Join(dir, k), fmt.Sprint(val))
+			}
+		}
+		for _, src := range list(dig(v, "projected", "sources")) {
+			name := fmt.Sprint(dig(src, "secret", "name"))
+			data := map[string]string{}
+			if obj, ok := rendered["Secret/"+name]; ok {
+				m, _ := dig(obj, "data").(map[string]any)
+				for k, val := range m {
+					b, err := base64.StdEncoding.DecodeString(fmt.Sprint(val))
+					if err != nil {
+						t.Fatalf("%s: data %s is not base64: %v", obj, k, err)
+					}
+					data[k] = string(b)
+				}
+			} else if ext, ok := external[name]; ok {
+				data = ext
+			} else {
+				t.Fatalf("%s projects the Secret %q, which neither the chart nor the test provides", o, name)
+			}
+			items := list(dig(src, "secret", "items"))
+			if items == nil {
+				for k, val := range data {
+					writePodFile(t, filepath.Join(dir, k), val)
+				}
+			}
+			for _, it := range items {
+				val, ok := data[fmt.Sprint(dig(it, "key"))]
+				if !ok {
+					t.Fatalf("%s: Secret %s has no key %v", o, name, dig(it, "key"))
+				}
+				writePodFile(t, filepath.Join(dir, fmt.Sprint(dig(it, "path"))), val)
+			}
+		}
+	}
+	// The container's --config, with the mount paths moved under root.
+	mounts := map[string]string{}
+	c := dig(spec, "containers", 0)
+	for _, m := range list(dig(c, "volumeMounts")) {
+		mounts[fmt.Sprint(dig(m, "mountPath"))] = filepath.Join(root, fmt.Sprint(dig(m, "name")))
+	}
+	var pairs []string
+	for mp, dir := range mounts {
+		pairs = append(pairs, mp+"/", dir+"/")
+	}
+	relocate := strings.NewReplacer(pairs...).Replace // one pass: a moved path is not moved again
+	for _, a := range list(dig(c, "args")) {
+		if p, ok := strings.CutPrefix(fmt.Sprint(a), "--config="); ok {
+			cfgPath = relocate(p)
+		}
+	}
+	if cfgPath == "" {
+		t.Fatalf("%s: no --config argument", o)
+	}
+	data, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatalf("%s: its --config is not mounted: %v", o, err)
+	}
+	writePodFile(t, cfgPath, relocate(string(data)))
+	return cfgPath, data
 }
 
 func writePodFile(t *testing.T, path, data string) {
