@@ -28,7 +28,7 @@ bench: ## `meterline bench --duration 60s` on a broker of its own: rate, latency
 build: ## build bin/meterline
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meterline ./cmd/meterline
 
-install: ## install Kafka, libchdb.so and stripe-mock into .cache/
+install: ## install Kafka, libchdb.so, stripe-mock, schemathesis and the Helm chart's tools into .cache/ (and uPlot into web/)
 	deploy/install.sh
 
 vet: ## go vet and gofmt check

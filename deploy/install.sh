@@ -9,6 +9,11 @@
 #   uplot        the web interface's chart library (npm, MIT), checked
 #                against its pinned integrity, into web/assets/static/vendor/
 #                (git-ignored; embedded by the next go build)
+#   helm         the Helm chart's tools: helm and kubeconform (built from
+#                their Go modules), the Kubernetes JSON schemas of the PyPI
+#                package kubernetes-validate (checked against its pinned
+#                sha256) and the ServiceMonitor CRD from prometheus-operator's
+#                Go module
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
 #   gateway      nginx with the Lua module and lua-nginx-kafka, HAProxy and
 #                Caddy, for the example gateways in deploy/nginx,
@@ -19,8 +24,8 @@
 #   promtool     Prometheus's promtool (package prometheus), which checks and
 #                unit-tests the alert rules in deploy/prometheus; the
 #                Prometheus server the package brings is left stopped
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser|promtool]...
-#        (default: kafka chdb stripe-mock schemathesis uplot)
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|helm|gateway|browser|promtool]...
+#        (default: kafka chdb stripe-mock schemathesis uplot helm)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -94,6 +99,65 @@ install_uplot() {
 	cp "$tmp/package/dist/uPlot.iife.min.js" "$tmp/package/dist/uPlot.min.css" "$tmp/package/LICENSE" "$UPLOT_DIR.tmp/"
 	echo "$UPLOT_VERSION" >"$UPLOT_DIR.tmp/VERSION"
 	rm -rf "$UPLOT_DIR" && mv "$UPLOT_DIR.tmp" "$UPLOT_DIR"
+	rm -rf "$tmp"
+}
+
+# The chart's tools. Helm and kubeconform are Go programs: `go install` at a
+# pinned version builds them from the Go module proxy (helm takes a few
+# minutes on two cores). kubeconform would fetch its schemas from GitHub
+# at run time; instead it reads, from the cache, the schemas that
+# kubernetes-validate ships in its wheel, in their strict form (unknown
+# fields refused) for the oldest Kubernetes the chart supports and the
+# newest the package has. Those schemas name themselves by https:// ids and
+# point at one _definitions.json by an absolute path; the ids are removed
+# and the references made relative, so that they resolve beside each file.
+K8S_SCHEMAS_WHEEL_SHA256=85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9
+K8S_SCHEMA_VERSIONS=(v1.29.0 "v$K8S_SCHEMAS_VERSION")
+
+install_helm() {
+	need go "helm and kubeconform" golang
+	if [[ ! -x "$HELM_BIN" ]]; then
+		log "building helm $HELM_VERSION from its Go module into $(dirname "$HELM_BIN") (a few minutes)"
+		GOBIN="$(dirname "$HELM_BIN")" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+	fi
+	if [[ ! -x "$KUBECONFORM_BIN" ]]; then
+		log "building kubeconform $KUBECONFORM_VERSION from its Go module into $(dirname "$KUBECONFORM_BIN")"
+		GOBIN="$(dirname "$KUBECONFORM_BIN")" go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+	fi
+	if [[ -f "$K8S_SCHEMAS_DIR/monitoring.coreos.com_servicemonitors.yaml" ]]; then return; fi
+	need python3 "the Kubernetes JSON schemas" "python3 python3-pip"
+	log "installing the Kubernetes JSON schemas (PyPI kubernetes-validate $K8S_SCHEMAS_VERSION) and the ServiceMonitor CRD (prometheus-operator $PROMETHEUS_OPERATOR_VERSION) into $K8S_SCHEMAS_DIR"
+	local tmp crd_dir
+	tmp="$(mktemp -d)"
+	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$tmp" "kubernetes-validate==$K8S_SCHEMAS_VERSION" ||
+		{ rm -rf "$tmp"; die "pip could not download kubernetes-validate $K8S_SCHEMAS_VERSION"; }
+	rm -rf "$K8S_SCHEMAS_DIR.tmp" && mkdir -p "$K8S_SCHEMAS_DIR.tmp"
+	python3 - "$tmp"/kubernetes_validate-*.whl "$K8S_SCHEMAS_WHEEL_SHA256" "$K8S_SCHEMAS_DIR.tmp" "${K8S_SCHEMA_VERSIONS[@]}" <<'PY' || { rm -rf "$tmp" "$K8S_SCHEMAS_DIR.tmp"; die "the Kubernetes JSON schemas could not be installed"; }
+import hashlib, json, os, sys, zipfile
+wheel, want, out, versions = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+got = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+if got != want:
+    sys.exit(f"{os.path.basename(wheel)} has sha256 {got}, want {want}: refusing it")
+with zipfile.ZipFile(wheel) as z:
+    for v in versions:
+        prefix = f"kubernetes_validate/kubernetes-json-schema/{v}-local-strict/"
+        dest = os.path.join(out, f"{v}-standalone-strict")
+        os.makedirs(dest)
+        names = [n for n in z.namelist() if n.startswith(prefix) and n.endswith(".json")]
+        if not names:
+            sys.exit(f"the wheel has no schemas for Kubernetes {v}")
+        for n in names:
+            schema = json.loads(z.read(n))
+            schema.pop("$id", None)
+            text = json.dumps(schema).replace('"/api/_definitions.json#', '"_definitions.json#')
+            with open(os.path.join(dest, os.path.basename(n)), "w") as f:
+                f.write(text)
+PY
+	crd_dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')" ||
+		{ rm -rf "$tmp" "$K8S_SCHEMAS_DIR.tmp"; die "go mod download of prometheus-operator $PROMETHEUS_OPERATOR_VERSION failed"; }
+	cp "$crd_dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$K8S_SCHEMAS_DIR.tmp/"
+	rm -rf "$K8S_SCHEMAS_DIR" && mv "$K8S_SCHEMAS_DIR.tmp" "$K8S_SCHEMAS_DIR"
 	rm -rf "$tmp"
 }
 
@@ -194,7 +258,7 @@ install_promtool() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot)
+[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot helm)
 for p in "${parts[@]}"; do
 	case "$p" in
 	kafka) install_kafka ;;
@@ -202,9 +266,10 @@ for p in "${parts[@]}"; do
 	stripe-mock) install_stripe_mock ;;
 	schemathesis) install_schemathesis ;;
 	uplot) install_uplot ;;
+	helm) install_helm ;;
 	gateway) install_gateway ;;
 	browser) install_browser ;;
 	promtool) install_promtool ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway, browser or promtool)" ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, helm, gateway, browser or promtool)" ;;
 	esac
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: installs what is missing (deploy/install.sh, and its gateway
-# and browser parts: nginx, HAProxy and Caddy for the gateway tests, chromium for the browser
-# tests; promtool for the alert rules' tests), starts the shared servers once (a
+# `make test`: installs what is missing (deploy/install.sh, the Helm chart's
+# tools among it, and its gateway and browser parts: nginx, HAProxy and Caddy
+# for the gateway tests, chromium for the browser tests; promtool for the
+# alert rules' tests), starts the shared servers once (a
 # Kafka broker on free ports, stripe-mock), runs go vet, the gofmt check and
 # every test (unit and integration) against them, then stops them.
 # Extra arguments go to `go test` (default: ./...).
@@ -17,6 +18,10 @@ export CHDB_LIB_PATH="$CHDB_LIB"
 export METERLINE_TEST_SCHEMATHESIS="$SCHEMATHESIS_BIN"
 # The three-node cluster of the Kafka fault test runs from the same jars.
 export METERLINE_TEST_KAFKA_LIBS="$KAFKA_LIBS"
+# The Helm chart's tests (deploy/install.sh helm, part of the default install).
+export METERLINE_TEST_HELM="$HELM_BIN"
+export METERLINE_TEST_KUBECONFORM="$KUBECONFORM_BIN"
+export METERLINE_TEST_K8S_SCHEMAS="$K8S_SCHEMAS_DIR"
 # The gateway tests need Debian's nginx (with its Lua module and Lua Kafka
 # producer), HAProxy and Caddy: without them (no apt-get, no root) they are
 # skipped, except in CI.

@@ -126,7 +126,7 @@ func (st *BackupStore) diskRef(name string) string {
 
 // checkConn refuses an embedded Conn whose engine booted without st.
 func (st *BackupStore) checkConn(c Conn) error {
-	if ec, ok := c.(*embeddedConn); ok && ec.eng.backup != st.id() {
+	if id, ok := embeddedBackupID(c); ok && id != st.id() {
 		return errors.New("store: the embedded engine was opened without this backup store (Config.Backup)")
 	}
 	return nil

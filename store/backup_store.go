@@ -169,6 +169,12 @@ func engineConfigXML(path string, enc *Encryption, backup *BackupStore) ([]byte,
 	return b.Bytes(), nil
 }
 
+// envKey is one key the engine reads from its environment.
+type envKey struct {
+	name string
+	key  []byte
+}
+
 // bootKeys lists the keys the engine reads from its environment at boot.
 func bootKeys(enc *Encryption, backup *BackupStore) []envKey {
 	var out []envKey

@@ -1,4 +1,4 @@
-//go:build linux || darwin
+//go:build (linux || darwin) && !noembedded
 
 package store
 
@@ -16,6 +16,10 @@ import (
 	"sync"
 	"time"
 )
+
+// EmbeddedBuilt tells whether this binary carries the embedded engine (it
+// does unless built with the tag noembedded).
+const EmbeddedBuilt = true
 
 // defaultEmbeddedConns is the default pool size of one embedded Conn.
 // Connections on the same path run queries in parallel inside the engine,
@@ -841,4 +845,14 @@ func (r *jsonRows) Err() error { return r.err }
 func (r *jsonRows) Close() error {
 	r.rest, r.cur = nil, nil
 	return nil
+}
+
+// embeddedBackupID returns the id of the backup store an embedded Conn's
+// engine booted with ("" for none); ok is false for other Conns.
+func embeddedBackupID(c Conn) (id string, ok bool) {
+	ec, ok := c.(*embeddedConn)
+	if !ok {
+		return "", false
+	}
+	return ec.eng.backup, true
 }

@@ -309,6 +309,11 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 
 func runVersion(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "meterline %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if store.EmbeddedBuilt {
+		fmt.Fprintf(stdout, "  engines: embedded (libchdb %s), ClickHouse server\n", store.ChdbVersion)
+	} else {
+		fmt.Fprintln(stdout, "  engines: ClickHouse server only (built without the embedded engine)")
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			switch d.Path {
