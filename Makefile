@@ -5,7 +5,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: run demo test bench build install vet clean stop help
+.PHONY: run demo test faults bench build install vet clean stop help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -19,13 +19,16 @@ demo: ## with `make run` going: realistic traffic for the dev customers, their u
 test: ## install what is missing, start the shared servers, run every test
 	@deploy/test.sh
 
+faults: ## the Kafka fault test alone, verbose: a three-node cluster under load from two collectors, brokers killed and restarted; prints recovery times and events/s (ARGS="..." for `go test`)
+	@deploy/faults.sh $(ARGS)
+
 bench: ## `meterline bench --duration 60s` on a broker of its own: rate, latency, CPU, memory, lag vs raw Kafka and insert baselines (ARGS="..." overrides)
 	@deploy/bench.sh $(ARGS)
 
 build: ## build bin/meterline
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meterline ./cmd/meterline
 
-install: ## install Kafka, libchdb.so and stripe-mock into .cache/
+install: ## install Kafka, libchdb.so, stripe-mock, schemathesis and the Helm chart's tools into .cache/ (and uPlot into web/)
 	deploy/install.sh
 
 vet: ## go vet and gofmt check

@@ -9,15 +9,23 @@
 #   uplot        the web interface's chart library (npm, MIT), checked
 #                against its pinned integrity, into web/assets/static/vendor/
 #                (git-ignored; embedded by the next go build)
+#   helm         the Helm chart's tools: helm and kubeconform (built from
+#                their Go modules), the Kubernetes JSON schemas of the PyPI
+#                package kubernetes-validate (checked against its pinned
+#                sha256) and the ServiceMonitor CRD from prometheus-operator's
+#                Go module
 # and, only when named, from Debian's packages (apt-get, as root or via sudo):
-#   gateway      nginx with the Lua module and lua-nginx-kafka, for the
-#                example gateway in deploy/nginx and its test
+#   gateway      nginx with the Lua module and lua-nginx-kafka, HAProxy and
+#                Caddy, for the example gateways in deploy/nginx,
+#                deploy/haproxy and deploy/caddy and their tests (the
+#                services the packages start, where an init system runs,
+#                are stopped and disabled again: the tests run their own)
 #   browser      chromium, the headless browser of the web interface's tests
 #   promtool     Prometheus's promtool (package prometheus), which checks and
 #                unit-tests the alert rules in deploy/prometheus; the
 #                Prometheus server the package brings is left stopped
-# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|gateway|browser|promtool]...
-#        (default: kafka chdb stripe-mock schemathesis uplot)
+# Usage: deploy/install.sh [kafka|chdb|stripe-mock|schemathesis|uplot|helm|gateway|browser|promtool]...
+#        (default: kafka chdb stripe-mock schemathesis uplot helm)
 # Each part is skipped when already installed, so a second run is instant.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -94,6 +102,65 @@ install_uplot() {
 	rm -rf "$tmp"
 }
 
+# The chart's tools. Helm and kubeconform are Go programs: `go install` at a
+# pinned version builds them from the Go module proxy (helm takes a few
+# minutes on two cores). kubeconform would fetch its schemas from GitHub
+# at run time; instead it reads, from the cache, the schemas that
+# kubernetes-validate ships in its wheel, in their strict form (unknown
+# fields refused) for the oldest Kubernetes the chart supports and the
+# newest the package has. Those schemas name themselves by https:// ids and
+# point at one _definitions.json by an absolute path; the ids are removed
+# and the references made relative, so that they resolve beside each file.
+K8S_SCHEMAS_WHEEL_SHA256=85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9
+K8S_SCHEMA_VERSIONS=(v1.29.0 "v$K8S_SCHEMAS_VERSION")
+
+install_helm() {
+	need go "helm and kubeconform" golang
+	if [[ ! -x "$HELM_BIN" ]]; then
+		log "building helm $HELM_VERSION from its Go module into $(dirname "$HELM_BIN") (a few minutes)"
+		GOBIN="$(dirname "$HELM_BIN")" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+	fi
+	if [[ ! -x "$KUBECONFORM_BIN" ]]; then
+		log "building kubeconform $KUBECONFORM_VERSION from its Go module into $(dirname "$KUBECONFORM_BIN")"
+		GOBIN="$(dirname "$KUBECONFORM_BIN")" go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+	fi
+	if [[ -f "$K8S_SCHEMAS_DIR/monitoring.coreos.com_servicemonitors.yaml" ]]; then return; fi
+	need python3 "the Kubernetes JSON schemas" "python3 python3-pip"
+	log "installing the Kubernetes JSON schemas (PyPI kubernetes-validate $K8S_SCHEMAS_VERSION) and the ServiceMonitor CRD (prometheus-operator $PROMETHEUS_OPERATOR_VERSION) into $K8S_SCHEMAS_DIR"
+	local tmp crd_dir
+	tmp="$(mktemp -d)"
+	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$tmp" "kubernetes-validate==$K8S_SCHEMAS_VERSION" ||
+		{ rm -rf "$tmp"; die "pip could not download kubernetes-validate $K8S_SCHEMAS_VERSION"; }
+	rm -rf "$K8S_SCHEMAS_DIR.tmp" && mkdir -p "$K8S_SCHEMAS_DIR.tmp"
+	python3 - "$tmp"/kubernetes_validate-*.whl "$K8S_SCHEMAS_WHEEL_SHA256" "$K8S_SCHEMAS_DIR.tmp" "${K8S_SCHEMA_VERSIONS[@]}" <<'PY' || { rm -rf "$tmp" "$K8S_SCHEMAS_DIR.tmp"; die "the Kubernetes JSON schemas could not be installed"; }
+import hashlib, json, os, sys, zipfile
+wheel, want, out, versions = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+got = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+if got != want:
+    sys.exit(f"{os.path.basename(wheel)} has sha256 {got}, want {want}: refusing it")
+with zipfile.ZipFile(wheel) as z:
+    for v in versions:
+        prefix = f"kubernetes_validate/kubernetes-json-schema/{v}-local-strict/"
+        dest = os.path.join(out, f"{v}-standalone-strict")
+        os.makedirs(dest)
+        names = [n for n in z.namelist() if n.startswith(prefix) and n.endswith(".json")]
+        if not names:
+            sys.exit(f"the wheel has no schemas for Kubernetes {v}")
+        for n in names:
+            schema = json.loads(z.read(n))
+            schema.pop("$id", None)
+            text = json.dumps(schema).replace('"/api/_definitions.json#', '"_definitions.json#')
+            with open(os.path.join(dest, os.path.basename(n)), "w") as f:
+                f.write(text)
+PY
+	crd_dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')" ||
+		{ rm -rf "$tmp" "$K8S_SCHEMAS_DIR.tmp"; die "go mod download of prometheus-operator $PROMETHEUS_OPERATOR_VERSION failed"; }
+	cp "$crd_dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$K8S_SCHEMAS_DIR.tmp/"
+	rm -rf "$K8S_SCHEMAS_DIR" && mv "$K8S_SCHEMAS_DIR.tmp" "$K8S_SCHEMAS_DIR"
+	rm -rf "$tmp"
+}
+
 # apt_install WHAT PACKAGE...: installs Debian packages with apt-get (as
 # root, or through sudo), updating the package lists once if the first try
 # fails; WHAT names what needs them in the messages. The caller has checked
@@ -116,10 +183,14 @@ apt_install() {
 	fi
 }
 
-# What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it.
-# (Debian 12's nginx-light is nginx plus the echo module; nginx is enough.)
-# lua-cjson decodes Meterline's GET /v1/limits in meterline_limits.lua.
-GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka lua-cjson)
+# What deploy/nginx/meterline.conf.tmpl loads, and the packages that hold it
+# (Debian 12's nginx-light is nginx plus the echo module; nginx is enough);
+# lua-cjson decodes Meterline's GET /v1/limits in meterline_limits.lua;
+# HAProxy 2.6 (Lua 5.3 built in) for deploy/haproxy, Caddy 2.6 for
+# deploy/caddy.
+GATEWAY_PACKAGES=(nginx libnginx-mod-http-lua lua-nginx-kafka lua-cjson haproxy caddy)
+GATEWAY_BINS=(nginx haproxy caddy)
+GATEWAY_SERVICES=(nginx haproxy caddy)
 GATEWAY_FILES=(
 	/usr/lib/nginx/modules/ndk_http_module.so
 	/usr/lib/nginx/modules/ngx_http_lua_module.so
@@ -127,8 +198,8 @@ GATEWAY_FILES=(
 )
 
 gateway_missing() {
-	PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || return 0
-	local f
+	local b f
+	for b in "${GATEWAY_BINS[@]}"; do PATH="$PATH:/usr/sbin:/sbin" command -v "$b" >/dev/null || return 0; done
 	for f in "${GATEWAY_FILES[@]}"; do [[ -f "$f" ]] || return 0; done
 	# lua-cjson's module sits under the architecture's directory.
 	compgen -G "/usr/lib/*/lua/5.1/cjson.so" >/dev/null || return 0
@@ -137,10 +208,24 @@ gateway_missing() {
 
 install_gateway() {
 	if ! gateway_missing; then return; fi
-	command -v apt-get >/dev/null || die "the gateway needs Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07) by hand"
-	apt_install "Debian also starts its nginx service; the gateway and its test run their own" "${GATEWAY_PACKAGES[@]}"
+	command -v apt-get >/dev/null || die "the gateways need Debian's packages ${GATEWAY_PACKAGES[*]}, and apt-get is not here: install them (or nginx with ngx_http_lua_module and lua-nginx-kafka 0.07, HAProxy 2.6+ with Lua, Caddy 2.6+) by hand"
+	local active=() s
+	if command -v systemctl >/dev/null; then
+		for s in "${GATEWAY_SERVICES[@]}"; do
+			if systemctl is-active --quiet "$s" 2>/dev/null; then active+=("$s"); fi
+		done
+	fi
+	apt_install "the gateways' own services are left stopped; the gateways and their tests run their own" "${GATEWAY_PACKAGES[@]}"
+	if command -v systemctl >/dev/null; then
+		for s in "${GATEWAY_SERVICES[@]}"; do
+			if [[ " ${active[*]} " != *" $s "* ]] && systemctl is-active --quiet "$s" 2>/dev/null; then
+				log "stopping and disabling the $s service the package started"
+				"${SUDO[@]}" systemctl disable --now "$s" || log "warning: could not stop the $s service: stop it with 'systemctl disable --now $s'"
+			fi
+		done
+	fi
 	if gateway_missing; then
-		die "${GATEWAY_PACKAGES[*]} are installed, yet nginx or one of ${GATEWAY_FILES[*]} is missing"
+		die "${GATEWAY_PACKAGES[*]} are installed, yet one of ${GATEWAY_BINS[*]} or ${GATEWAY_FILES[*]} is missing"
 	fi
 }
 
@@ -176,7 +261,7 @@ install_promtool() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot)
+[[ ${#parts[@]} -eq 0 ]] && parts=(kafka chdb stripe-mock schemathesis uplot helm)
 for p in "${parts[@]}"; do
 	case "$p" in
 	kafka) install_kafka ;;
@@ -184,9 +269,10 @@ for p in "${parts[@]}"; do
 	stripe-mock) install_stripe_mock ;;
 	schemathesis) install_schemathesis ;;
 	uplot) install_uplot ;;
+	helm) install_helm ;;
 	gateway) install_gateway ;;
 	browser) install_browser ;;
 	promtool) install_promtool ;;
-	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, gateway, browser or promtool)" ;;
+	*) die "unknown part '$p' (want kafka, chdb, stripe-mock, schemathesis, uplot, helm, gateway, browser or promtool)" ;;
 	esac
 done

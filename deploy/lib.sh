@@ -19,6 +19,17 @@ CHDB_LIB="$METERLINE_CACHE/chdb/$CHDB_NPM_VERSION/libchdb.so"
 STRIPE_MOCK_BIN="$METERLINE_CACHE/stripe-mock/$STRIPE_MOCK_VERSION/stripe-mock"
 SCHEMATHESIS_VERSION=4.32.5
 SCHEMATHESIS_BIN="$METERLINE_CACHE/schemathesis/$SCHEMATHESIS_VERSION/bin/st"
+# The Helm chart's tools (deploy/install.sh helm): Helm and kubeconform built
+# from their Go modules, the Kubernetes JSON schemas that the PyPI package
+# kubernetes-validate ships, and the ServiceMonitor CRD of prometheus-operator's
+# Go module (kubeconform's own schemas are on GitHub, out of reach here).
+HELM_VERSION=v4.3.2
+KUBECONFORM_VERSION=v0.8.0
+K8S_SCHEMAS_VERSION=1.37.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+HELM_BIN="$METERLINE_CACHE/helm/$HELM_VERSION/helm"
+KUBECONFORM_BIN="$METERLINE_CACHE/kubeconform/$KUBECONFORM_VERSION/kubeconform"
+K8S_SCHEMAS_DIR="$METERLINE_CACHE/k8s-schemas/$K8S_SCHEMAS_VERSION-po-$PROMETHEUS_OPERATOR_VERSION"
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -2,7 +2,7 @@
 # `make stop`: stops everything `make run` and `make demo` started, in the
 # order that loses nothing: the demo (its traffic and alert receiver), then
 # `meterline serve` (SIGTERM: it flushes its last batch), then stripe-mock
-# and the Kafka broker. Each is found by its pid file under .run/
+# and the Kafka broker (and a deploy/kafka-cluster.sh cluster in .run/). Each is found by its pid file under .run/
 # ($METERLINE_RUN); what is not running is skipped, so a second `make stop`
 # does nothing and succeeds.
 set -euo pipefail
@@ -31,3 +31,7 @@ stop_pid "the demo" "$METERLINE_RUN/demo.pid" demo 15
 stop_pid "meterline" "$METERLINE_RUN/meterline.pid" serve 40
 "$DEPLOY_DIR/stripe-mock.sh" stop
 "$DEPLOY_DIR/kafka.sh" stop
+# A cluster started by hand with deploy/kafka-cluster.sh in its default folder.
+if [[ -f "$METERLINE_RUN/kafka-cluster/bootstrap" ]]; then
+	"$DEPLOY_DIR/kafka-cluster.sh" stop
+fi

@@ -173,6 +173,9 @@ func (c KafkaConfig) security() (*tls.Config, sasl.Mechanism, error) {
 	return tlsCfg, mech, err
 }
 
+// metadataTTL bounds the age of a transport's cached cluster metadata.
+const metadataTTL = 2 * time.Second
+
 // Transport builds the transport for writers and admin clients.
 func (c KafkaConfig) Transport() (*kafka.Transport, error) {
 	tlsCfg, mech, err := c.security()
@@ -182,7 +185,12 @@ func (c KafkaConfig) Transport() (*kafka.Transport, error) {
 	return &kafka.Transport{
 		DialTimeout: 5 * time.Second,
 		IdleTimeout: 30 * time.Second,
-		MetadataTTL: 10 * time.Second,
+		// kafka-go learns that a partition's leader moved only from its
+		// periodic metadata refresh (not from a NOT_LEADER answer or a
+		// refused connection): until then every write to that partition
+		// fails and the collector answers 503. The refresh comes at a
+		// random time within this bound; see docs/kafka.md, "Broker loss".
+		MetadataTTL: metadataTTL,
 		ClientID:    c.ClientID,
 		TLS:         tlsCfg,
 		SASL:        mech,

@@ -19,6 +19,13 @@ type Config struct {
 	// ErasedRefresh is how often a sink reloads the erased customers. An
 	// erasure double-checks the tables 2 × this after it starts. Default 5s.
 	ErasedRefresh time.Duration `yaml:"erased_refresh"`
+	// ErasureLog is the append-only file that keeps a copy of every
+	// erasure request outside the database, so that a restore from a
+	// backup re-applies the erasures recorded since (see ErasureLog).
+	// It must lie outside the data directory. Default (set by the
+	// command): erasures.jsonl beside the embedded engine's data
+	// directory (.run/erasures.jsonl).
+	ErasureLog string `yaml:"erasure_log"`
 }
 
 // WithDefaults fills unset fields.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sort"
 	"sync"
 	"time"
@@ -116,6 +117,8 @@ type Service struct {
 
 	erasures *prometheus.CounterVec
 	deleted  *prometheus.CounterVec
+
+	erasureLog *ErasureLog // nil: no copy outside the database
 }
 
 // NewService returns a Service. reg may be nil.
@@ -138,6 +141,9 @@ func NewService(cfg Config, db store.Conn, reg prometheus.Registerer, log *slog.
 	}
 	return s
 }
+
+// erasureIDRe is the form of the ids newID makes.
+var erasureIDRe = regexp.MustCompile(`^er_[0-9a-f]{20}$`)
 
 func newID() string {
 	b := make([]byte, 10)
@@ -172,17 +178,14 @@ func (s *Service) save(ctx context.Context, e *Erasure) error {
 		now = e.UpdatedAt.Add(time.Millisecond)
 	}
 	e.UpdatedAt = now
-	err := s.db.Exec(ctx, saveErasureSQL,
-		store.P("id", e.ID), store.P("customer_id", e.CustomerID), store.P("api_key_ids", nonNil(e.APIKeyIDs)), store.P("kind", e.Kind),
-		store.P("requested_by", e.RequestedBy), store.P("reason", e.Reason),
-		store.P("requested_at", e.RequestedAt), store.P("not_before", e.NotBefore), store.P("status", e.Status),
-		store.P("started_at", orEpoch(e.StartedAt)), store.P("finished_at", orEpoch(e.FinishedAt)),
-		store.P("removed", jsonCounts(e.Removed)), store.P("pseudonymised", jsonCounts(e.Pseudonymised)),
-		store.P("pseudonym", e.Pseudonym), store.P("error", e.Error), store.P("updated_at", e.UpdatedAt))
-	if err != nil {
-		return fmt.Errorf("privacy: recording erasure %s: %w", e.ID, err)
+	if s.erasureLog != nil {
+		// The log first: whatever the table (or a backup of it) holds,
+		// the log holds too.
+		if err := s.erasureLog.Append(*e); err != nil {
+			return fmt.Errorf("privacy: recording erasure %s: %w", e.ID, err)
+		}
 	}
-	return nil
+	return s.insertVersion(ctx, e)
 }
 
 // Audit appends one entry to the audit trail. detail is encoded as JSON.

@@ -7,13 +7,20 @@ import "github.com/meterline/meterline/store"
 // erasure passes in erase.go); these are the fixed ones.
 
 // tablesSQL lists the columns of every MergeTree table of the current
-// database that has a customer_id column.
-const tablesSQL = `SELECT c.table, c.name, c.type, t.engine
+// database that has a customer_id column. On a ClickHouse cluster of
+// several shards a sharded table NAME is a Distributed table over
+// NAME_local (store.LocalSuffix): NAME is listed, with its local table's
+// engine, so that reads see every shard (and the server engine sends the
+// mutations of NAME to NAME_local on every shard), and NAME_local is not.
+const tablesSQL = `SELECT c.table, c.name, c.type, if(t.engine = 'Distributed', l.engine, t.engine) AS engine
 FROM system.columns AS c
 INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table
+LEFT JOIN system.tables AS l ON l.database = t.database AND l.name = concat(t.name, '_local')
 WHERE c.database = currentDatabase()
   AND c.table IN (SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'customer_id')
-  AND t.engine LIKE '%MergeTree'
+  AND (t.engine LIKE '%MergeTree' OR (t.engine = 'Distributed' AND l.engine LIKE '%MergeTree'))
+  AND NOT (endsWith(t.name, '_local') AND substring(t.name, 1, length(t.name) - 6) IN
+      (SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'Distributed'))
 ORDER BY c.table, c.position`
 
 // saveErasureSQL appends a version of an erasure request (the counts come

@@ -98,7 +98,7 @@ func Tables(ctx context.Context, db store.Conn) ([]Table, error) {
 			if !ok {
 				class = Delete
 			}
-			t = &Table{Name: table, Class: class, Final: strings.HasPrefix(engine, "Replacing")}
+			t = &Table{Name: table, Class: class, Final: strings.Contains(engine, "ReplacingMergeTree")}
 			if t.ident, err = store.QuoteName(table); err != nil {
 				return nil, fmt.Errorf("privacy: %w", err)
 			}

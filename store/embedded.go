@@ -1,4 +1,4 @@
-//go:build linux || darwin
+//go:build (linux || darwin) && !noembedded
 
 package store
 
@@ -16,6 +16,10 @@ import (
 	"sync"
 	"time"
 )
+
+// EmbeddedBuilt tells whether this binary carries the embedded engine (it
+// does unless built with the tag noembedded).
+const EmbeddedBuilt = true
 
 // defaultEmbeddedConns is the default pool size of one embedded Conn.
 // Connections on the same path run queries in parallel inside the engine,
@@ -51,6 +55,8 @@ type engineState struct {
 	refs   int
 	// encrypted tells whether the engine booted with encryption at rest.
 	encrypted bool
+	// backup is the backup store the engine booted with ("" for none).
+	backup string
 }
 
 var (
@@ -99,7 +105,7 @@ func guardedLoad() (*chdbLib, error) {
 // there. A different path is an error: the library would otherwise refuse
 // the connection (or, through chdb-go's Session, silently hand back the
 // first directory).
-func acquireEngine(path string, maxMemory int64, enc *Encryption, log *slog.Logger) (*engineState, error) {
+func acquireEngine(path string, maxMemory int64, enc *Encryption, backup *BackupStore, log *slog.Logger) (*engineState, error) {
 	engineMu.Lock()
 	defer engineMu.Unlock()
 	if engine != nil {
@@ -111,6 +117,9 @@ func acquireEngine(path string, maxMemory int64, enc *Encryption, log *slog.Logg
 		}
 		if (enc != nil) != engine.encrypted {
 			return nil, fmt.Errorf("store: the embedded engine already runs at %q with encryption %s; it cannot be switched without a restart", path, onOff(engine.encrypted))
+		}
+		if backup.id() != engine.backup {
+			return nil, fmt.Errorf("store: the embedded engine already runs at %q with another backup store; it cannot be switched without a restart", path)
 		}
 		engine.refs++
 		return engine, nil
@@ -129,13 +138,13 @@ func acquireEngine(path string, maxMemory int64, enc *Encryption, log *slog.Logg
 		args = append(args, "--max_server_memory_usage="+strconv.FormatInt(maxMemory, 10))
 	}
 	unsetKeys := func() {}
-	if enc != nil {
-		confPath, err := prepareEncryptedBoot(path, enc)
+	if enc != nil || backup != nil {
+		confPath, err := prepareBoot(path, enc, backup)
 		if err != nil {
 			return nil, err
 		}
 		args = append(args, "--config-file="+confPath)
-		if unsetKeys, err = setKeyEnv(enc); err != nil {
+		if unsetKeys, err = setKeyEnv(bootKeys(enc, backup)); err != nil {
 			return nil, err
 		}
 	} else {
@@ -157,27 +166,22 @@ func acquireEngine(path string, maxMemory int64, enc *Encryption, log *slog.Logg
 			return nil, fmt.Errorf("store: record encryption key fingerprints: %w", err)
 		}
 	}
-	engine = &engineState{path: path, lib: lib, anchor: anchor, refs: 1, encrypted: enc != nil}
+	engine = &engineState{path: path, lib: lib, anchor: anchor, refs: 1, encrypted: enc != nil, backup: backup.id()}
 	log.Info("embedded ClickHouse engine started", "path", path, "max_memory_bytes", maxMemory, "encryption", onOff(enc != nil))
 	return engine, nil
 }
 
-// prepareEncryptedBoot removes the temporaries of a killed rotation and
-// writes the engine configuration of the encrypted disk (no key in it).
-func prepareEncryptedBoot(path string, enc *Encryption) (string, error) {
-	if err := removeRotateTemps(path); err != nil {
-		return "", fmt.Errorf("store: encryption: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Join(path, encryptedDataDir), 0o750); err != nil {
-		return "", fmt.Errorf("store: encryption: %w", err)
-	}
-	conf, err := StorageConfigXML(filepath.Join(path, encryptedRoot)+"/", enc, encryptedPolicy)
+// prepareBoot removes the temporaries of a killed rotation and writes the
+// engine configuration of the encrypted disk and of the backup store (no
+// key in it).
+func prepareBoot(path string, enc *Encryption, backup *BackupStore) (string, error) {
+	conf, err := engineConfigXML(path, enc, backup)
 	if err != nil {
-		return "", fmt.Errorf("store: encryption: %w", err)
+		return "", err
 	}
 	confPath := filepath.Join(path, storageConfigFile)
 	if err := writeFileAtomic(confPath, conf, 0o600); err != nil {
-		return "", fmt.Errorf("store: encryption: %w", err)
+		return "", fmt.Errorf("store: engine configuration: %w", err)
 	}
 	return confPath, nil
 }
@@ -257,7 +261,10 @@ func openEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (Conn, erro
 	if err := cfg.Encryption.Validate(); err != nil {
 		return nil, fmt.Errorf("store: encryption: %w", err)
 	}
-	eng, err := acquireEngine(path, cfg.MaxMemoryBytes, cfg.Encryption, log)
+	if err := cfg.Backup.validate(); err != nil {
+		return nil, fmt.Errorf("store: backup store: %w", err)
+	}
+	eng, err := acquireEngine(path, cfg.MaxMemoryBytes, cfg.Encryption, cfg.Backup, log)
 	if err != nil {
 		return nil, err
 	}
@@ -838,4 +845,14 @@ func (r *jsonRows) Err() error { return r.err }
 func (r *jsonRows) Close() error {
 	r.rest, r.cur = nil, nil
 	return nil
+}
+
+// embeddedBackupID returns the id of the backup store an embedded Conn's
+// engine booted with ("" for none); ok is false for other Conns.
+func embeddedBackupID(c Conn) (id string, ok bool) {
+	ec, ok := c.(*embeddedConn)
+	if !ok {
+		return "", false
+	}
+	return ec.eng.backup, true
 }

@@ -148,23 +148,46 @@ func StorageConfigXML(plainPath string, e *Encryption, policy string) ([]byte, e
 	if !strings.HasSuffix(plainPath, "/") {
 		plainPath += "/"
 	}
+	var b bytes.Buffer
+	b.WriteString("<clickhouse>\n  <storage_configuration>\n    <disks>\n")
+	encryptedDisksXML(&b, plainPath, e)
+	b.WriteString("    </disks>\n")
+	policyXML(&b, policy)
+	b.WriteString("  </storage_configuration>\n")
+	fmt.Fprintf(&b, "  <tmp_policy>%s</tmp_policy>\n</clickhouse>\n", policy)
+	return b.Bytes(), nil
+}
+
+// encryptedDisksXML writes the plain disk at plainPath and the encrypted
+// disk over it, with e's keys as from_env references.
+func encryptedDisksXML(b *bytes.Buffer, plainPath string, e *Encryption) {
+	fmt.Fprintf(b, "      <%s>\n        <type>local</type>\n        <path>%s</path>\n      </%s>\n", plainDiskName, plainPath, plainDiskName)
+	encryptedDiskXML(b, encryptedDiskName, plainDiskName, "data/", e, KeyEnvName)
+}
+
+// encryptedDiskXML writes one encrypted disk named name over the disk
+// under, at path (relative to it, "" for its root), with e's keys read
+// from the environment variables envName names.
+func encryptedDiskXML(b *bytes.Buffer, name, under, path string, e *Encryption, envName func(uint64) string) {
 	ids := make([]uint64, 0, len(e.Keys))
 	for _, k := range e.Keys {
 		ids = append(ids, k.ID)
 	}
 	slices.Sort(ids)
-	var b bytes.Buffer
-	b.WriteString("<clickhouse>\n  <storage_configuration>\n    <disks>\n")
-	fmt.Fprintf(&b, "      <%s>\n        <type>local</type>\n        <path>%s</path>\n      </%s>\n", plainDiskName, plainPath, plainDiskName)
-	fmt.Fprintf(&b, "      <%s>\n        <type>encrypted</type>\n        <disk>%s</disk>\n        <path>data/</path>\n        <algorithm>AES_256_CTR</algorithm>\n", encryptedDiskName, plainDiskName)
-	for _, id := range ids {
-		fmt.Fprintf(&b, "        <key_hex id=\"%d\" from_env=\"%s\"></key_hex>\n", id, KeyEnvName(id))
+	fmt.Fprintf(b, "      <%s>\n        <type>encrypted</type>\n        <disk>%s</disk>\n", name, under)
+	if path != "" {
+		fmt.Fprintf(b, "        <path>%s</path>\n", path)
 	}
-	fmt.Fprintf(&b, "        <current_key_id>%d</current_key_id>\n      </%s>\n    </disks>\n", e.CurrentKeyID, encryptedDiskName)
-	fmt.Fprintf(&b, "    <policies>\n      <%s>\n        <volumes>\n          <main>\n            <disk>%s</disk>\n          </main>\n        </volumes>\n      </%s>\n    </policies>\n", policy, encryptedDiskName, policy)
-	b.WriteString("  </storage_configuration>\n")
-	fmt.Fprintf(&b, "  <tmp_policy>%s</tmp_policy>\n</clickhouse>\n", policy)
-	return b.Bytes(), nil
+	b.WriteString("        <algorithm>AES_256_CTR</algorithm>\n")
+	for _, id := range ids {
+		fmt.Fprintf(b, "        <key_hex id=\"%d\" from_env=\"%s\"></key_hex>\n", id, envName(id))
+	}
+	fmt.Fprintf(b, "        <current_key_id>%d</current_key_id>\n      </%s>\n", e.CurrentKeyID, name)
+}
+
+// policyXML writes the storage policy that puts tables on the encrypted disk.
+func policyXML(b *bytes.Buffer, policy string) {
+	fmt.Fprintf(b, "    <policies>\n      <%s>\n        <volumes>\n          <main>\n            <disk>%s</disk>\n          </main>\n        </volumes>\n      </%s>\n    </policies>\n", policy, encryptedDiskName, policy)
 }
 
 func validPolicyName(s string) bool {

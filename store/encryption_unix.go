@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sync"
 
-	"github.com/ebitengine/purego"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,62 +33,22 @@ func lockDataDir(dir string) (func(), error) {
 	}, nil
 }
 
-// libc's setenv and unsetenv. The engine reads its keys with getenv, which
-// sees only the C environment: os.Setenv reaches it only in cgo builds,
-// so the keys are set through libc itself. They are not in Go's copy of
-// the environment either, so child processes never inherit them.
-var (
-	libcOnce     sync.Once
-	libcErr      error
-	libcSetenv   func(name, value *byte, overwrite int32) int32
-	libcUnsetenv func(name *byte) int32
-)
-
-func loadLibc() error {
-	libcOnce.Do(func() {
-		name := "libc.so.6"
-		if runtime.GOOS == "darwin" {
-			name = "/usr/lib/libSystem.B.dylib"
-		}
-		h, err := purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-		if err != nil {
-			libcErr = fmt.Errorf("store: load %s for the engine's key environment: %w", name, err)
-			return
-		}
-		purego.RegisterLibFunc(&libcSetenv, h, "setenv")
-		purego.RegisterLibFunc(&libcUnsetenv, h, "unsetenv")
-	})
-	return libcErr
-}
-
-// setKeyEnv puts the keys into the C environment as hex and returns the
-// function that removes them again (and wipes the Go copies).
-func setKeyEnv(e *Encryption) (func(), error) {
-	if err := loadLibc(); err != nil {
-		return nil, err
+// checkNotRunning fails when an engine holds dir's lock, without creating
+// or changing anything in dir (a stopped engine leaves no lock file).
+func checkNotRunning(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, "status"), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	var names [][]byte
-	clear := func() {
-		for _, n := range names {
-			libcUnsetenv(&n[0])
-		}
+	if err != nil {
+		return fmt.Errorf("store: lock data directory: %w", err)
 	}
-	for _, k := range e.Keys {
-		n := cbytes([]byte(KeyEnvName(k.ID)))
-		v := make([]byte, 2*len(k.Key)+1)
-		const digits = "0123456789abcdef"
-		for i, b := range k.Key {
-			v[2*i], v[2*i+1] = digits[b>>4], digits[b&15]
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w: data directory %s is in use by a running engine; stop it first", ErrUnavailable, dir)
 		}
-		rc := libcSetenv(&n[0], &v[0], 1)
-		for i := range v {
-			v[i] = 0
-		}
-		if rc != 0 {
-			clear()
-			return nil, fmt.Errorf("store: setenv %s failed", KeyEnvName(k.ID))
-		}
-		names = append(names, n)
+		return fmt.Errorf("store: lock data directory: %w", err)
 	}
-	return clear, nil
+	return unix.Flock(int(f.Fd()), unix.LOCK_UN)
 }

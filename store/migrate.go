@@ -70,6 +70,10 @@ type MigrateOptions struct {
 	// one (see StorageConfigXML). It does not touch tables that exist.
 	// Default empty: the engine's default policy.
 	StoragePolicy string
+	// Layout lays the schema out on a ClickHouse cluster (replicated and,
+	// with several shards, distributed tables). The zero Layout, the
+	// default, is a single node. The embedded engine refuses a cluster.
+	Layout Layout
 	// FS holds the migration files NNNN_name.sql at its root. Nil means
 	// the files embedded in package schemas.
 	FS fs.FS
@@ -217,6 +221,31 @@ func readApplied(ctx context.Context, c Conn) (map[int]appliedRecord, error) {
 	return out, nil
 }
 
+// templateData is what the templates see for opts, defaults applied.
+func templateData(opts MigrateOptions) (TemplateData, error) {
+	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths, RollupRetentionMonths: opts.RollupRetentionMonths,
+		LedgerRetentionMonths: opts.LedgerRetentionMonths}
+	if data.RawRetentionMonths == 0 {
+		data.RawRetentionMonths = DefaultRawRetentionMonths
+	}
+	if data.RawRetentionMonths < 0 {
+		return data, fmt.Errorf("store: migrate: negative RawRetentionMonths %d", data.RawRetentionMonths)
+	}
+	if data.RollupRetentionMonths == 0 {
+		data.RollupRetentionMonths = DefaultRollupRetentionMonths
+	}
+	if data.RollupRetentionMonths < 0 {
+		return data, fmt.Errorf("store: migrate: negative RollupRetentionMonths %d", data.RollupRetentionMonths)
+	}
+	if data.LedgerRetentionMonths == 0 {
+		data.LedgerRetentionMonths = DefaultLedgerRetentionMonths
+	}
+	if data.LedgerRetentionMonths < 0 {
+		return data, fmt.Errorf("store: migrate: negative LedgerRetentionMonths %d", data.LedgerRetentionMonths)
+	}
+	return data, nil
+}
+
 // Migrate applies the migration files that have not been applied yet, in
 // version order, and records each in schema_migrations. It is idempotent:
 // a second run applies nothing. A file whose content changed after it was
@@ -230,25 +259,9 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	data := TemplateData{RawRetentionMonths: opts.RawRetentionMonths, RollupRetentionMonths: opts.RollupRetentionMonths,
-		LedgerRetentionMonths: opts.LedgerRetentionMonths}
-	if data.RawRetentionMonths == 0 {
-		data.RawRetentionMonths = DefaultRawRetentionMonths
-	}
-	if data.RawRetentionMonths < 0 {
-		return nil, fmt.Errorf("store: migrate: negative RawRetentionMonths %d", data.RawRetentionMonths)
-	}
-	if data.RollupRetentionMonths == 0 {
-		data.RollupRetentionMonths = DefaultRollupRetentionMonths
-	}
-	if data.RollupRetentionMonths < 0 {
-		return nil, fmt.Errorf("store: migrate: negative RollupRetentionMonths %d", data.RollupRetentionMonths)
-	}
-	if data.LedgerRetentionMonths == 0 {
-		data.LedgerRetentionMonths = DefaultLedgerRetentionMonths
-	}
-	if data.LedgerRetentionMonths < 0 {
-		return nil, fmt.Errorf("store: migrate: negative LedgerRetentionMonths %d", data.LedgerRetentionMonths)
+	data, err := templateData(opts)
+	if err != nil {
+		return nil, err
 	}
 	fsys, err := migrationFS(opts.FS)
 	if err != nil {
@@ -261,8 +274,21 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 	if opts.StoragePolicy != "" && !validPolicyName(opts.StoragePolicy) {
 		return nil, fmt.Errorf("store: migrate: storage policy %q must match [A-Za-z_][A-Za-z0-9_]*", opts.StoragePolicy)
 	}
-	if err := c.Exec(ctx, withStoragePolicy(createMigrationsTable, opts.StoragePolicy)); err != nil {
-		return nil, fmt.Errorf("store: migrate: %w", err)
+	layout, err := resolveLayout(ctx, c, opts.Layout)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkLayout(ctx, c, layout); err != nil {
+		return nil, err
+	}
+	bookkeeping, err := layoutStatements(layout, createMigrationsTable, opts.StoragePolicy)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range bookkeeping {
+		if err := c.Exec(ctx, s); err != nil {
+			return nil, fmt.Errorf("store: migrate: %w", err)
+		}
 	}
 	applied, err := readApplied(ctx, c)
 	if err != nil {
@@ -296,17 +322,31 @@ func Migrate(ctx context.Context, c Conn, opts MigrateOptions, log *slog.Logger)
 		if err != nil {
 			return done, err
 		}
-		start := time.Now()
+		// Lay out every statement before running any, so that a statement
+		// the layout refuses stops the file before it starts.
+		laid := make([][]string, len(stmts))
 		for i, s := range stmts {
-			if err := c.Exec(ctx, withStoragePolicy(s, opts.StoragePolicy)); err != nil {
+			if laid[i], err = layoutStatements(layout, s, opts.StoragePolicy); err != nil {
 				return done, fmt.Errorf("store: migration %s, statement %d: %w", f.name, i+1, err)
+			}
+		}
+		start := time.Now()
+		for i, group := range laid {
+			for j, s := range group {
+				if err := c.Exec(ctx, s); err != nil {
+					part := ""
+					if len(group) > 1 {
+						part = fmt.Sprintf(" (part %d of %d on %s)", j+1, len(group), layout.describe())
+					}
+					return done, fmt.Errorf("store: migration %s, statement %d%s: %w", f.name, i+1, part, err)
+				}
 			}
 		}
 		row := []any{uint32(f.version), f.name, f.checksum, time.Now().UTC()}
 		if err := c.Insert(ctx, migrationsTable, []string{"version", "name", "checksum", "applied_at"}, [][]any{row}, InsertOptions{}); err != nil {
 			return done, fmt.Errorf("store: record migration %s: %w", f.name, err)
 		}
-		log.Info("applied migration", "name", f.name, "statements", len(stmts), "duration", time.Since(start))
+		log.Info("applied migration", "name", f.name, "statements", len(stmts), "layout", layout.describe(), "duration", time.Since(start))
 		done = append(done, Applied{Version: f.version, Name: f.name, Checksum: f.checksum})
 	}
 	return done, nil
@@ -352,6 +392,75 @@ func status(ctx context.Context, c Conn, fsys fs.FS) ([]MigrationStatus, error) 
 			st.Applied, st.AppliedAt, st.Changed = true, r.appliedAt, r.checksum != f.checksum
 		}
 		out[i] = st
+	}
+	return out, nil
+}
+
+// layoutStatements lays one statement out (Layout.Statements) and adds the
+// storage policy to the tables it creates.
+func layoutStatements(l Layout, stmt, policy string) ([]string, error) {
+	out, err := l.Statements(stmt)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i] = withStoragePolicy(out[i], policy)
+	}
+	return out, nil
+}
+
+// PlannedMigration is one migration file as Plan lays it out.
+type PlannedMigration struct {
+	// Name is the file name, e.g. "0001_events.sql".
+	Name string
+	// Statements are the statements Migrate runs for it, in order.
+	Statements []string
+}
+
+// Plan returns every statement Migrate would run on an empty database
+// with opts, the migrations' own table first (Name "schema_migrations"),
+// without connecting to anything. opts.Layout must be complete: with a
+// Cluster, Shards and Database must be set (Migrate reads them from the
+// server).
+func Plan(opts MigrateOptions) ([]PlannedMigration, error) {
+	l := opts.Layout
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	if l.Cluster != "" && (l.Shards < 1 || l.Database == "") {
+		return nil, fmt.Errorf("store: plan: a cluster layout needs its shards and database")
+	}
+	data, err := templateData(opts)
+	if err != nil {
+		return nil, err
+	}
+	fsys, err := migrationFS(opts.FS)
+	if err != nil {
+		return nil, err
+	}
+	files, err := loadMigrations(fsys)
+	if err != nil {
+		return nil, err
+	}
+	first, err := layoutStatements(l, createMigrationsTable, opts.StoragePolicy)
+	if err != nil {
+		return nil, err
+	}
+	out := []PlannedMigration{{Name: migrationsTable, Statements: first}}
+	for _, f := range files {
+		stmts, err := f.render(data)
+		if err != nil {
+			return nil, err
+		}
+		p := PlannedMigration{Name: f.name}
+		for i, s := range stmts {
+			laid, err := layoutStatements(l, s, opts.StoragePolicy)
+			if err != nil {
+				return nil, fmt.Errorf("store: migration %s, statement %d: %w", f.name, i+1, err)
+			}
+			p.Statements = append(p.Statements, laid...)
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -46,9 +46,12 @@ func (r RetentionRule) check() error {
 	return nil
 }
 
-// currentMonths reads the TTL months of a table from its DDL.
+// currentMonths reads the TTL months of a table from its DDL: on a
+// multi-shard cluster from its local table (name + LocalSuffix), which
+// holds the rows and the TTL, not from the Distributed table.
 func currentMonths(ctx context.Context, c Conn, table string) (int, error) {
-	rows, err := c.Query(ctx, "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = {t:String}", P("t", table))
+	rows, err := c.Query(ctx, "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name IN ({t:String}, {l:String}) ORDER BY name = {l:String}",
+		P("t", table), P("l", table+LocalSuffix))
 	if err != nil {
 		return 0, err
 	}

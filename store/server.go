@@ -40,6 +40,9 @@ type serverConn struct {
 	// the driver's connections (it opens MaxOpenConns + inter.Conns).
 	inter     InteractiveConfig
 	readSlots chan struct{}
+	// layout is the cluster layout (zero on a single node); Exec sends
+	// the mutations of sharded tables to their local tables.
+	layout Layout
 }
 
 // serverOptions maps Config to clickhouse-go options for database.
@@ -54,6 +57,19 @@ func serverOptions(cfg Config, database string) *clickhouse.Options {
 	}
 	// Interactive reads have connections of their own on top.
 	maxOpen += cfg.Interactive.withDefaults().Conns
+	// The same zone as the embedded engine, whatever the server's.
+	settings := clickhouse.Settings{"session_timezone": "UTC"}
+	if cfg.Cluster != "" {
+		// An insert into a Distributed table returns once every shard
+		// stored its rows (not when queued on this node), so an
+		// acknowledged insert is stored and a retried one meets its dedup
+		// token on the shard. IN subqueries over Distributed tables read
+		// each shard's local table: a customer's rows are on one shard,
+		// and a read of one customer asks only that customer's shard.
+		settings["distributed_foreground_insert"] = 1
+		settings["distributed_product_mode"] = "local"
+		settings["optimize_skip_unused_shards"] = 1
+	}
 	return &clickhouse.Options{
 		Protocol: clickhouse.Native,
 		Addr:     cfg.Addr,
@@ -67,8 +83,7 @@ func serverOptions(cfg Config, database string) *clickhouse.Options {
 		MaxOpenConns: maxOpen,
 		MaxIdleConns: min(5, maxOpen),
 		Compression:  &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
-		// The same zone as the embedded engine, whatever the server's.
-		Settings: clickhouse.Settings{"session_timezone": "UTC"},
+		Settings:     settings,
 		ClientInfo: clickhouse.ClientInfo{
 			Products: []struct{ Name, Version string }{{Name: "meterline", Version: "1"}},
 		},
@@ -86,7 +101,16 @@ func openServer(ctx context.Context, cfg Config, log *slog.Logger) (Conn, error)
 	if err != nil {
 		return nil, fmt.Errorf("store: open server %v: %w", cfg.Addr, classifyServerError(err))
 	}
-	err = admin.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+qdb)
+	layout := Layout{Cluster: cfg.Cluster, Database: cfg.Database}
+	if err := layout.Validate(); err != nil {
+		_ = admin.Close()
+		return nil, err
+	}
+	create := "CREATE DATABASE IF NOT EXISTS " + qdb
+	if cfg.Cluster != "" {
+		create += layout.onCluster()
+	}
+	err = admin.Exec(ctx, create)
 	_ = admin.Close()
 	if err != nil {
 		return nil, fmt.Errorf("store: create database %s on %v: %w", qdb, cfg.Addr, classifyServerError(err))
@@ -99,9 +123,16 @@ func openServer(ctx context.Context, cfg Config, log *slog.Logger) (Conn, error)
 		_ = conn.Close()
 		return nil, fmt.Errorf("store: ping server %v: %w", cfg.Addr, classifyServerError(err))
 	}
-	log.Info("connected to ClickHouse server", "addr", cfg.Addr, "database", cfg.Database)
 	inter := cfg.Interactive.withDefaults()
-	return &serverConn{conn: conn, log: log, inter: inter, readSlots: make(chan struct{}, inter.Conns)}, nil
+	sc := &serverConn{conn: conn, log: log, inter: inter, readSlots: make(chan struct{}, inter.Conns)}
+	if cfg.Cluster != "" {
+		if sc.layout, err = resolveLayout(ctx, sc, layout); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+	}
+	log.Info("connected to ClickHouse server", "addr", cfg.Addr, "database", cfg.Database, "layout", sc.layout.describe())
+	return sc, nil
 }
 
 // classifyServerError maps clickhouse-go errors onto QueryError and
@@ -188,6 +219,7 @@ func (c *serverConn) Exec(ctx context.Context, query string, params ...Param) er
 	if err != nil {
 		return err
 	}
+	query = c.layout.mutation(query)
 	if err := c.conn.Exec(qctx, query); err != nil {
 		return fmt.Errorf("store: exec %q: %w", snippet(query), classifyServerError(err))
 	}

@@ -54,6 +54,11 @@ type Config struct {
 	// with its own storage configuration (see StorageConfigXML and
 	// MigrateOptions.StoragePolicy).
 	Encryption *Encryption
+	// Backup gives the embedded engine the backups directory (embedded
+	// only; nil, the default, gives it none, and BACKUP and RESTORE are
+	// refused). It takes effect only on the Open that boots the engine.
+	// A server needs the disk meterline_backup in its own configuration.
+	Backup *BackupStore
 	// DialTimeout bounds connecting to the server (server only; default 5s).
 	DialTimeout time.Duration
 	// MaxOpenConns bounds the connections one Conn uses concurrently
@@ -63,6 +68,14 @@ type Config struct {
 	// Interactive configures the connections and limits of interactive
 	// reads (see Interactive); they come on top of MaxOpenConns.
 	Interactive InteractiveConfig
+	// Cluster names the server's cluster (remote_servers) that the
+	// schema is laid out on (server only; see Layout and docs/cluster.md).
+	// The database is then created ON CLUSTER, inserts into Distributed
+	// tables return only once every shard has stored its rows, and the
+	// mutations Meterline runs (ALTER TABLE ... DELETE, UPDATE, MODIFY
+	// TTL) on a sharded table go to its local tables ON CLUSTER. Default
+	// empty: a single node.
+	Cluster string
 }
 
 // Param binds a value to a {name:Type} placeholder of a statement.
@@ -156,10 +169,13 @@ var transientCodes = map[int]bool{
 	203: true, // NO_FREE_CONNECTION
 	209: true, // SOCKET_TIMEOUT
 	210: true, // NETWORK_ERROR
+	225: true, // NO_ZOOKEEPER
 	241: true, // MEMORY_LIMIT_EXCEEDED
 	242: true, // TABLE_IS_READ_ONLY
 	252: true, // TOO_MANY_PARTS
+	279: true, // ALL_CONNECTION_TRIES_FAILED (a shard of a Distributed table is down)
 	285: true, // TOO_FEW_LIVE_REPLICAS
+	286: true, // UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
 	319: true, // UNKNOWN_STATUS_OF_INSERT
 	999: true, // KEEPER_EXCEPTION
 }
@@ -179,6 +195,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (Conn, error) {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
 	if len(cfg.Addr) == 0 {
+		if cfg.Cluster != "" {
+			return nil, fmt.Errorf("store: open: cluster %q needs a ClickHouse server (Addr); the embedded engine is a single node", cfg.Cluster)
+		}
 		return openEmbedded(ctx, cfg, log)
 	}
 	return openServer(ctx, cfg, log)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/meterline/meterline/aggregate"
@@ -80,18 +81,26 @@ func (s *Server) overviewFigures(ctx context.Context, p auth.Principal, params u
 		resp, _, err := s.usage(ctx, p, target{}, q)
 		return resp, err
 	}
-	all, err := run("")
-	if err != nil {
-		return o, err
+	// The four reads run at once (the engine serves several statements
+	// together); the first error is the page's.
+	groups := []string{"", "customer_id", "customer_id,api_key_id", "route"}
+	resps := make([]api.UsageResponse, len(groups))
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Go(func() { resps[i], errs[i] = run(g) })
 	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return o, err
+		}
+	}
+	all, byCustomer, byKey, byRoute := resps[0], resps[1], resps[2], resps[3]
 	o.Fresh = all.Freshness
 	o.Totals = sum(all.Rows)
 	if len(all.Rows) == 1 {
 		o.Latency, o.IPs = all.Rows[0].LatencyMS, all.Rows[0].DistinctClientIPs
-	}
-	byCustomer, err := run("customer_id")
-	if err != nil {
-		return o, err
 	}
 	o.Customers = top(byCustomer.Rows, func(r api.UsageRow) topRow {
 		c := r.Group["customer_id"]
@@ -103,10 +112,6 @@ func (s *Server) overviewFigures(ctx context.Context, p auth.Principal, params u
 		}
 		return t
 	})
-	byKey, err := run("customer_id,api_key_id")
-	if err != nil {
-		return o, err
-	}
 	o.Keys = top(byKey.Rows, func(r api.UsageRow) topRow {
 		c, k := r.Group["customer_id"], r.Group["api_key_id"]
 		t := topRow{Value: k, Customer: c}
@@ -116,10 +121,6 @@ func (s *Server) overviewFigures(ctx context.Context, p auth.Principal, params u
 		}
 		return t
 	})
-	byRoute, err := run("route")
-	if err != nil {
-		return o, err
-	}
 	o.Route = top(byRoute.Rows, func(r api.UsageRow) topRow {
 		t := topRow{Value: r.Group["route"]}
 		if t.Value == "" {

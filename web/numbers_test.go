@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"fmt"
 	"html"
 	"io"
 	"math"
@@ -97,6 +98,37 @@ func TestCustomerPageEqualsAPI(t *testing.T) {
 		}
 		if got := testid(t, p.body, "plan-reset"); got != l.ResetAt.UTC().Format(time.RFC3339) {
 			t.Errorf("%s: plan-reset %q, the view %s", c.page, got, l.ResetAt)
+		}
+		// Each table under the chart is the API's answer grouped by its
+		// one dimension over the range (the page folds one grouped query).
+		dims := []string{"route", "method", "status_class"}
+		if c.key == "" {
+			dims = append(dims, "api_key_id")
+		}
+		for _, dim := range dims {
+			g := url.Values{}
+			for k, v := range q {
+				g[k] = v
+			}
+			g.Set("window", "total")
+			g.Set("group_by", dim)
+			resp := apiUsage(t, f, tokAdmin, g)
+			want := map[string][2]uint64{}
+			for _, row := range resp.Rows {
+				want[row.Group[dim]] = [2]uint64{row.Requests, row.ClientErrors + row.ServerErrors}
+			}
+			rows := tableRows(t, p.body, "table-"+dim)
+			if len(rows) != len(resp.Rows) || len(rows) == 0 {
+				t.Errorf("%s: table %s has %d rows, the API %d groups", c.page, dim, len(rows), len(resp.Rows))
+			}
+			for _, tr := range rows {
+				n, _ := strconv.ParseUint(tr[1], 10, 64)
+				var ce, se uint64
+				fmt.Sscanf(tr[2], "%d / %d", &ce, &se)
+				if w := want[tr[0]]; n != w[0] || ce+se != w[1] {
+					t.Errorf("%s: table %s row %q shows %d requests, %d errors; the API %v", c.page, dim, tr[0], n, ce+se, w)
+				}
+			}
 		}
 		// The chart's CSV is the API's CSV, byte for byte.
 		csv := b.get(t, c.page+"/usage.csv?"+view.Encode())

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -402,7 +403,17 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
-	resp, code, err := s.usage(r.Context(), ss.principal, t, params)
+	// The page's queries run at once: the chart's rows, and the tables by
+	// dimension (see pageTables).
+	var (
+		resp   api.UsageResponse
+		code   int
+		tables []map[string]any
+		wg     sync.WaitGroup
+	)
+	wg.Go(func() { resp, code, err = s.usage(r.Context(), ss.principal, t, params) })
+	wg.Go(func() { tables = s.pageTables(r.Context(), ss.principal, t, params) })
+	wg.Wait()
 	if err != nil {
 		data["Error"] = err.Error()
 		s.render(w, code, "usage.html", data)
@@ -411,34 +422,67 @@ func (s *Server) customerPage(w http.ResponseWriter, r *http.Request) {
 	data["Usage"] = resp
 	data["Totals"] = sum(resp.Rows)
 	data["Fresh"] = resp.Freshness
-	// Tables by dimension: the same query grouped, summed over the range.
-	var tables []map[string]any
-	dims := []string{"route", "method", "status_class"}
-	if t.Key == "" {
-		dims = append(dims, "api_key_id")
-	}
-	for _, d := range dims {
-		gp := url.Values{}
-		for k, vs := range params {
-			gp[k] = vs
-		}
-		gp.Set("group_by", d)
-		gp.Set("window", string(aggregate.WindowTotal))
-		g, _, err := s.usage(r.Context(), ss.principal, t, gp)
-		tb := map[string]any{"Dim": d}
-		if err != nil {
-			tb["Error"] = err.Error()
-		} else {
-			tb["Rows"] = byGroup(g.Rows, d)
-		}
-		tables = append(tables, tb)
-	}
 	data["Tables"] = tables
 	data["Keys"] = s.keys(t.Customer)
 	plan, planErr := s.plan(t)
 	data["Plan"], data["PlanError"] = plan, planErr
 	data["Alerts"] = s.alerts(r.Context(), t, plan)
 	s.render(w, http.StatusOK, "usage.html", data)
+}
+
+// pageDims are the dimensions of the tables under a customer page's chart
+// (a key page has no key table).
+var pageDims = []string{"route", "method", "status_class"}
+
+// pageTables are the tables by dimension of a customer or key page: the
+// page's query summed over its range (window=total) and grouped by each
+// dimension. The tables show additive totals only (requests, errors,
+// units), so route, method and status class come from one query grouped by
+// all three, folded in Go: one read of the rollups instead of three. (Its
+// answer is bounded by aggregate.MaxRows combinations, which only routes in
+// the ten thousands reach: raw paths rather than templates; the tables then
+// show that error.) The key table is its own query, run beside it: keys
+// times routes can be large. The figures are the API's for the same query
+// with that one group_by.
+func (s *Server) pageTables(ctx context.Context, p auth.Principal, t target, params url.Values) []map[string]any {
+	grouped := func(dims string) (api.UsageResponse, int, error) {
+		gp := url.Values{}
+		for k, vs := range params {
+			gp[k] = vs
+		}
+		gp.Set("group_by", dims)
+		gp.Set("window", string(aggregate.WindowTotal))
+		return s.usage(ctx, p, t, gp)
+	}
+	table := func(dim string, g api.UsageResponse, err error) map[string]any {
+		tb := map[string]any{"Dim": dim}
+		if err != nil {
+			tb["Error"] = err.Error()
+		} else {
+			tb["Rows"] = byGroup(g.Rows, dim)
+		}
+		return tb
+	}
+	var (
+		tables = make([]map[string]any, len(pageDims))
+		keys   map[string]any
+		wg     sync.WaitGroup
+	)
+	if t.Key == "" {
+		wg.Go(func() {
+			g, _, err := grouped("api_key_id")
+			keys = table("api_key_id", g, err)
+		})
+	}
+	g, _, err := grouped(strings.Join(pageDims, ","))
+	for i, d := range pageDims {
+		tables[i] = table(d, g, err)
+	}
+	wg.Wait()
+	if keys != nil {
+		tables = append(tables, keys)
+	}
+	return tables
 }
 
 func (s *Server) keys(customer string) []string {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,4 +352,40 @@ func gathered(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not found", name)
 	return 0
+}
+
+// countingSource counts its reads and fails them all: a refresh that
+// needs no usage must not read it.
+type countingSource struct{ reads atomic.Int64 }
+
+func (s *countingSource) UnitsByCustomer(context.Context, time.Time, time.Time) (map[string]float64, error) {
+	s.reads.Add(1)
+	return nil, errors.New("the source was read")
+}
+
+// TestRefreshWithoutCustomersReadsNothing: with no customer in the
+// catalogue (none configured, as in the benchmark) a refresh publishes an
+// empty snapshot without reading usage; once a catalogue with customers is
+// swapped in, it reads again.
+func TestRefreshWithoutCustomersReadsNothing(t *testing.T) {
+	for name, r := range map[string]*Registry{"no catalogue": NewRegistry(nil), "no customers": NewRegistry(&Catalogue{})} {
+		t.Run(name, func(t *testing.T) {
+			src := &countingSource{}
+			v := newTestView(t, Config{}, r, src, nil)
+			refresh(t, v)
+			if n := src.reads.Load(); n != 0 {
+				t.Fatalf("the usage source was read %d times without customers", n)
+			}
+			if v.AsOf().IsZero() {
+				t.Fatal("no snapshot published: readiness would never hold")
+			}
+			if _, err := v.Lookup("key_live_1", time.Now()); !errors.Is(err, ErrUnknownKey) {
+				t.Fatalf("Lookup without customers: %v, want ErrUnknownKey", err)
+			}
+			r.Swap(mustParse(t, validCatalogue))
+			if err := v.Refresh(context.Background()); err == nil || src.reads.Load() != 1 {
+				t.Fatalf("with customers the refresh must read usage: err %v, %d reads", err, src.reads.Load())
+			}
+		})
+	}
 }

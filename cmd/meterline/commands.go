@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -21,12 +22,20 @@ import (
 )
 
 func runMigrate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("migrate", "migrate [--config FILE] [--status]", stderr)
+	fs := newFlagSet("migrate", "migrate [--config FILE] [--status | --print-ddl [--shards N]]", stderr)
 	var cf commonFlags
 	cf.registerFor(fs, flagsStore)
 	status := fs.Bool("status", false, "list the migrations and whether each is applied, change nothing")
+	printDDL := fs.Bool("print-ddl", false, "print every statement migrate would run on an empty database for the configured layout (clickhouse.cluster), connect to nothing")
+	shards := fs.Int("shards", 0, "with --print-ddl and clickhouse.cluster: the cluster's `number` of shards (migrate itself reads it from the server)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *printDDL {
+		return printMigrationDDL(&cf, *status, *shards, stdout)
+	}
+	if *shards != 0 {
+		return fmt.Errorf("--shards applies only with --print-ddl")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -63,6 +72,38 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "%04d\t%s\t%s\n", s.Version, s.Name, applied)
 	}
 	return tw.Flush()
+}
+
+// printMigrationDDL prints store.Plan for the configuration's layout.
+func printMigrationDDL(cf *commonFlags, status bool, shards int, stdout io.Writer) error {
+	if status {
+		return errors.New("--print-ddl and --status cannot be combined")
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	opts := migrateOptions(cfg)
+	switch {
+	case cfg.ClickHouse.Cluster == "" && shards != 0:
+		return errors.New("--shards applies only with clickhouse.cluster")
+	case cfg.ClickHouse.Cluster != "" && (shards < 1 || shards > 10000):
+		return fmt.Errorf("--print-ddl for cluster %q needs --shards N (1-10000), the number of shards of the cluster", cfg.ClickHouse.Cluster)
+	case cfg.ClickHouse.Cluster != "":
+		opts.Layout.Shards, opts.Layout.Database = shards, cfg.ClickHouse.Database
+	}
+	plan, err := store.Plan(opts)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(stdout)
+	for _, p := range plan {
+		fmt.Fprintf(bw, "\n-- ==== %s ====\n\n", p.Name)
+		for _, s := range p.Statements {
+			fmt.Fprintf(bw, "%s;\n\n", s)
+		}
+	}
+	return bw.Flush()
 }
 
 // openForCommand loads the configuration and opens the ClickHouse engine
@@ -268,6 +309,11 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 
 func runVersion(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "meterline %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if store.EmbeddedBuilt {
+		fmt.Fprintf(stdout, "  engines: embedded (libchdb %s), ClickHouse server\n", store.ChdbVersion)
+	} else {
+		fmt.Fprintln(stdout, "  engines: ClickHouse server only (built without the embedded engine)")
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			switch d.Path {

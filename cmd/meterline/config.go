@@ -23,6 +23,7 @@ import (
 	"github.com/meterline/meterline/internal/tlsutil"
 	"github.com/meterline/meterline/privacy"
 	"github.com/meterline/meterline/schemas"
+	"github.com/meterline/meterline/store"
 	"github.com/meterline/meterline/web"
 )
 
@@ -37,6 +38,7 @@ type Config struct {
 	Events     EventsConfig           `yaml:"events"`
 	Privacy    PrivacyConfig          `yaml:"privacy"`
 	Retention  RetentionConfig        `yaml:"retention"`
+	Backup     BackupConfig           `yaml:"backup"`
 	Collector  ingest.CollectorConfig `yaml:"collector"`
 	Sink       ingest.SinkConfig      `yaml:"sink"`
 	Aggregate  aggregate.Config       `yaml:"aggregate"`
@@ -96,6 +98,16 @@ type ClickHouseConfig struct {
 	// server-config`. It applies to tables created after it is set.
 	// Default empty (the server's default policy).
 	StoragePolicy string `yaml:"storage_policy"`
+	// Cluster names a cluster of the server's remote_servers: the
+	// migrations create every table ON CLUSTER with Replicated engines,
+	// and with more than one shard (read from system.clusters) also
+	// Distributed tables sharded by customer (docs/cluster.md). Server
+	// engine only. Default empty: a single node.
+	Cluster string `yaml:"cluster"`
+	// KeeperPath is the prefix of the replicated tables' paths in
+	// ClickHouse Keeper or ZooKeeper (with clickhouse.cluster). Default
+	// /clickhouse/tables.
+	KeeperPath string `yaml:"keeper_path"`
 }
 
 // EventsConfig is the validation policy for incoming events.
@@ -196,6 +208,9 @@ func (c *Config) applyDefaults() {
 	if c.Retention.LedgerMonths == 0 {
 		c.Retention.LedgerMonths = 12
 	}
+	if c.Backup.RetentionMonths == 0 {
+		c.Backup.RetentionMonths = max(c.Retention.RawMonths, c.Retention.RollupMonths)
+	}
 	c.Billing = c.Billing.WithDefaults()
 	c.Aggregate = c.Aggregate.WithDefaults()
 	c.Limits = c.Limits.WithDefaults()
@@ -243,6 +258,18 @@ func (c *Config) Validate() error {
 	if p := c.ClickHouse.StoragePolicy; p != "" && !validIdent(p) {
 		errs = append(errs, fmt.Errorf("clickhouse.storage_policy: %q must match [A-Za-z_][A-Za-z0-9_]*", p))
 	}
+	if ch := c.ClickHouse; ch.Cluster != "" || ch.KeeperPath != "" {
+		switch {
+		case ch.Cluster == "":
+			errs = append(errs, errors.New("clickhouse.keeper_path applies only with clickhouse.cluster"))
+		case len(ch.Addr) == 0:
+			errs = append(errs, fmt.Errorf("clickhouse.cluster: %q needs a ClickHouse server (clickhouse.addr); the embedded engine is a single node", ch.Cluster))
+		default:
+			if err := (store.Layout{Cluster: ch.Cluster, KeeperPath: ch.KeeperPath}).Validate(); err != nil {
+				errs = append(errs, fmt.Errorf("clickhouse.cluster: %w", err))
+			}
+		}
+	}
 	if c.ClickHouse.MaxMemoryBytes < 0 {
 		errs = append(errs, errors.New("clickhouse.max_memory_bytes must not be negative"))
 	}
@@ -267,6 +294,7 @@ func (c *Config) Validate() error {
 	if c.Retention.LedgerMonths < 1 || c.Retention.LedgerMonths > 1200 {
 		errs = append(errs, fmt.Errorf("retention.ledger_months: %d is out of range 1-1200", c.Retention.LedgerMonths))
 	}
+	errs = append(errs, c.Backup.validate(c))
 	errs = append(errs, c.Billing.Validate())
 	if tokens, err := auth.New(c.Auth.Tokens); err != nil {
 		errs = append(errs, err)

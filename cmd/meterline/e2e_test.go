@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
+		defer removeStaticBinary()
 		binPath = filepath.Join(dir, "meterline")
 		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
@@ -64,14 +65,14 @@ type node struct {
 
 // writeConfig writes a configuration for a test stack: its own topic, data
 // directory and HTTP port.
-func writeConfig(t *testing.T, brokers, topic, extra string) (path, addr string) {
+func writeConfig(t testing.TB, brokers, topic, extra string) (path, addr string) {
 	t.Helper()
 	return writeConfigKafka(t, brokers, topic, "", extra)
 }
 
 // writeConfigKafka is writeConfig with more lines in the kafka section
 // (kafkaExtra, indented by two spaces, e.g. tls and sasl).
-func writeConfigKafka(t *testing.T, brokers, topic, kafkaExtra, extra string) (path, addr string) {
+func writeConfigKafka(t testing.TB, brokers, topic, kafkaExtra, extra string) (path, addr string) {
 	t.Helper()
 	dir := t.TempDir()
 	addr = "127.0.0.1:" + testenv.FreePort(t)
@@ -197,7 +198,7 @@ func metric(addr, name string) (float64, error) {
 
 // sqlCount runs `meterline sql` (the serving process must be stopped: the
 // embedded engine's directory is held by one process).
-func sqlRows(t *testing.T, cfgPath, query string) []string {
+func sqlRows(t testing.TB, cfgPath, query string) []string {
 	t.Helper()
 	var stderr bytes.Buffer
 	cmd := exec.Command(binPath, "sql", "--config", cfgPath, query)

@@ -162,7 +162,7 @@ func TestEncryptionCLIUsage(t *testing.T) {
 }
 
 // meterlineCmd runs the binary and returns its output and error.
-func meterlineCmd(t *testing.T, env []string, args ...string) (string, error) {
+func meterlineCmd(t testing.TB, env []string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(binPath, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -172,7 +172,7 @@ func meterlineCmd(t *testing.T, env []string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-func dirDigest(t *testing.T, dir string) string {
+func dirDigest(t testing.TB, dir string) string {
 	t.Helper()
 	h := sha256.New()
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

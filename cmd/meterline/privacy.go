@@ -34,6 +34,9 @@ Commands:
   erasures    list erasure requests, or show one (--id)
   cancel      cancel a scheduled account deletion
   run-due     carry out the erasures that are due (what serve does daily)
+  reapply     re-apply every erasure of the erasure log (privacy.erasure_log)
+              to the database, after it was restored by other means than
+              'meterline backup restore' (which does it itself)
 
 export, erase, erasures and cancel open the ClickHouse engine directly, or go
 through a running server's API with --url (needed while 'meterline serve'
@@ -55,6 +58,7 @@ func runPrivacy(args []string, stdout, stderr io.Writer) error {
 		"erasures":  runPrivacyErasures,
 		"cancel":    runPrivacyCancel,
 		"run-due":   runPrivacyRunDue,
+		"reapply":   runPrivacyReapply,
 	}
 	f, ok := sub[args[0]]
 	if !ok {
@@ -171,6 +175,12 @@ func openPrivacy(ctx context.Context, cf *commonFlags, stderr io.Writer) (*Confi
 		return nil, nil, nil, err
 	}
 	svc := privacy.NewService(cfg.Privacy.Config, db, nil, log)
+	elog, err := privacy.OpenErasureLog(cfg.erasureLogPath())
+	if err != nil {
+		db.Close()
+		return nil, nil, nil, err
+	}
+	svc.SetErasureLog(elog)
 	if cfg.Limits.CatalogueFile != "" {
 		cat, err := limits.LoadRegistry(cfg.Limits.CatalogueFile)
 		if err != nil {
@@ -673,4 +683,39 @@ func runPrivacyRunDue(args []string, stdout, stderr io.Writer) error {
 	n, err := svc.RunDue(ctx)
 	fmt.Fprintf(stdout, "%d erasure(s) carried out\n", n)
 	return err
+}
+
+func runPrivacyReapply(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("privacy reapply", "privacy reapply [flags]", stderr)
+	var cf commonFlags
+	cf.registerFor(fs, flagsStore)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs, stderr); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	cfg, db, _, err := openPrivacy(ctx, &cf, stderr)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	logPath := cfg.erasureLogPath()
+	logged, err := privacy.ReadErasureLog(logPath, nil)
+	if err != nil {
+		return err
+	}
+	res, err := privacy.Reapply(ctx, db, logged, cliActor(""), nil)
+	if err != nil {
+		return err
+	}
+	var removed uint64
+	for _, n := range res.Removed {
+		removed += n
+	}
+	fmt.Fprintf(stdout, "erasures: %d recorded from %s, %d re-applied, %d rows of %d erased customer(s) removed again\n",
+		res.Recorded, logPath, res.Erasures, removed, len(res.Customers))
+	return nil
 }

@@ -91,12 +91,14 @@ func storeConfig(c *Config) (store.Config, error) {
 		MaxMemoryBytes: c.ClickHouse.MaxMemoryBytes,
 		DialTimeout:    10 * time.Second,
 		Interactive:    c.API.Store(),
+		Cluster:        c.ClickHouse.Cluster,
 	}, nil
 }
 
 func migrateOptions(c *Config) store.MigrateOptions {
 	return store.MigrateOptions{RawRetentionMonths: c.Retention.RawMonths, RollupRetentionMonths: c.Retention.RollupMonths,
-		LedgerRetentionMonths: c.Retention.LedgerMonths, StoragePolicy: c.ClickHouse.StoragePolicy}
+		LedgerRetentionMonths: c.Retention.LedgerMonths, StoragePolicy: c.ClickHouse.StoragePolicy,
+		Layout: store.Layout{Cluster: c.ClickHouse.Cluster, KeeperPath: c.ClickHouse.KeeperPath}}
 }
 
 // retentionRules is how long each table class keeps rows: raw events and
@@ -300,6 +302,11 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		mux.Handle("/v1/events/stored", api.ReadEndpoint(readLimiter, tokens, api.NewStoredHandler(db, tokens)))
 		mux.Handle("/v1/admin/unassigned", api.NewUnassignedHandler(db, tokens))
 		erasures := privacy.NewService(cfg.Privacy.Config, db, reg, log.With("role", roleQuery))
+		elog, err := privacy.OpenErasureLog(cfg.erasureLogPath())
+		if err != nil {
+			return err
+		}
+		erasures.SetErasureLog(elog)
 		erasures.CatalogueKeys(catalogueKeys(registry))
 		erasures.KeyOwners(keyOwners(registry))
 		goRun("erasures", erasures.Run)

@@ -111,7 +111,7 @@ func (m *Meter) send(batch []record) {
 		e.line = ev.AppendJSON(e.line[:0])
 		e.line = append(e.line, '\n')
 		if e.raw.Len() > 0 && e.raw.Len()+len(e.line) > m.cfg.MaxBatchBytes {
-			m.post(e.raw.Bytes(), e.ids)
+			_, _, _ = m.post(m.stopCtx, e.raw.Bytes(), e.ids) // counted and logged
 			e.raw.Reset()
 			e.ids = e.ids[:0]
 		}
@@ -119,7 +119,7 @@ func (m *Meter) send(batch []record) {
 		e.ids = append(e.ids, ev.ID)
 	}
 	if e.raw.Len() > 0 {
-		m.post(e.raw.Bytes(), e.ids)
+		_, _, _ = m.post(m.stopCtx, e.raw.Bytes(), e.ids)
 	}
 }
 
@@ -210,8 +210,11 @@ type answer struct {
 }
 
 // post sends one body until the collector answers it, retrying network
-// errors, 5xx and 429 with backoff. ids are the events' ids in order.
-func (m *Meter) post(raw []byte, ids []string) {
+// errors, 5xx and 429 with backoff, until ctx ends. ids are the events' ids
+// in order. It returns the events accepted and rejected one by one, and
+// why the others were not sent: ErrRefused, ErrRetriesExhausted or ctx's
+// error. Every outcome is also counted in the meter's stats and logged.
+func (m *Meter) post(ctx context.Context, raw []byte, ids []string) (accepted, rejected int, err error) {
 	e := &m.enc
 	e.gz.Reset()
 	if e.zw == nil {
@@ -228,27 +231,27 @@ func (m *Meter) post(raw []byte, ids []string) {
 
 	var deadline time.Time
 	for attempt := 0; ; attempt++ {
-		code, retryAfter, ans, err := m.attempt(body)
-		if m.stopCtx.Err() != nil && (err != nil || code != http.StatusAccepted) {
+		code, retryAfter, ans, err := m.attempt(ctx, body)
+		if ctx.Err() != nil && (err != nil || code != http.StatusAccepted) {
 			m.stats.droppedUnsent.Add(uint64(n))
-			m.cfg.Logger.Warn("meterline events not sent before the close deadline", "events", n)
-			return
+			m.cfg.Logger.Warn("meterline events not sent before the deadline", "events", n)
+			return 0, 0, ctx.Err()
 		}
 		switch {
 		case err == nil && code == http.StatusAccepted:
 			m.accepted(ans, ids)
-			return
+			return ans.Accepted, len(ans.Rejected), nil
 		case err == nil && code == http.StatusRequestEntityTooLarge && n > 1:
 			// A collector with smaller limits than the meter's: halve.
 			m.cfg.Logger.Info("meterline collector refused a batch as too large; sending it in halves", "events", n, "bytes", len(raw))
 			cut := cutLine(raw, n/2)
-			m.post(raw[:cut], ids[:n/2])
-			m.post(raw[cut:], ids[n/2:])
-			return
+			a1, r1, err1 := m.post(ctx, raw[:cut], ids[:n/2])
+			a2, r2, err2 := m.post(ctx, raw[cut:], ids[n/2:])
+			return a1 + a2, r1 + r2, errors.Join(err1, err2)
 		case err == nil && code != http.StatusTooManyRequests && code < 500:
 			m.stats.droppedRefused.Add(uint64(n))
 			m.cfg.Logger.Error("meterline collector refused a batch; its events are dropped", "status", code, "answer", ans.text, "events", n)
-			return
+			return 0, 0, fmt.Errorf("%w: status %d: %s", ErrRefused, code, ans.text)
 		}
 		now := time.Now()
 		if attempt == 0 {
@@ -259,17 +262,17 @@ func (m *Meter) post(raw []byte, ids []string) {
 		if now.Add(wait).After(deadline) {
 			m.stats.droppedGave.Add(uint64(n))
 			m.cfg.Logger.Error("meterline collector unreachable; events dropped after retrying", "events", n, "attempts", attempt+1, "status", code, "err", errText(err))
-			return
+			return 0, 0, fmt.Errorf("%w (%d attempts; last: status %d %s)", ErrRetriesExhausted, attempt+1, code, errText(err))
 		}
 		m.cfg.Logger.Debug("meterline batch retried", "events", n, "status", code, "err", errText(err), "wait", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-m.stopCtx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			m.stats.droppedUnsent.Add(uint64(n))
-			m.cfg.Logger.Warn("meterline events not sent before the close deadline", "events", n)
-			return
+			m.cfg.Logger.Warn("meterline events not sent before the deadline", "events", n)
+			return 0, 0, ctx.Err()
 		}
 		m.stats.retries.Add(1)
 	}
@@ -283,8 +286,8 @@ type collectorAnswer struct {
 
 // attempt posts body once. It returns the status, the Retry-After the
 // collector asked for (0 when none) and its parsed 202 answer.
-func (m *Meter) attempt(body []byte) (int, time.Duration, collectorAnswer, error) {
-	ctx, cancel := context.WithTimeout(m.stopCtx, m.cfg.RequestTimeout)
+func (m *Meter) attempt(ctx context.Context, body []byte) (int, time.Duration, collectorAnswer, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.url, bytes.NewReader(body))
 	if err != nil {

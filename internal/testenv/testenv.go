@@ -32,6 +32,9 @@ const (
 	EnvKafka      = "METERLINE_TEST_KAFKA"
 	EnvStripeMock = "METERLINE_TEST_STRIPE_MOCK"
 	EnvChdb       = "CHDB_LIB_PATH"
+	// EnvKafkaLibs is the folder of the Kafka jars that dedicated clusters
+	// run from (StartCluster).
+	EnvKafkaLibs = "METERLINE_TEST_KAFKA_LIBS"
 )
 
 // Require returns the value of env var name, or skips (fails under CI) the test.
