@@ -216,13 +216,17 @@ func ceilMilli(t time.Time) time.Time {
 }
 
 // buildUsageSQL returns the statement answering a validated uq (TZ set)
-// with frontier t, and its parameters. The narrow rollups serve it unless
-// it groups or filters by a dimension they lack, or wide forces the wide
-// ones.
+// with frontier t, and its parameters. The narrow rollups serve it when
+// it neither groups nor filters by a dimension they lack and either
+// leaves distinct client IPs out or asks for one window over the whole
+// range, unless wide forces the wide ones. Per-window distinct IPs stay
+// on the wide rollups: a narrow row holds the address set of its whole
+// cell, and merging a few large sets per window was measured slower than
+// the many small ones of the wide rows (docs/performance.md).
 func buildUsageSQL(uq UsageQuery, t time.Time, wide bool) (string, []store.Param) {
 	from, to := ceilMilli(uq.From), ceilMilli(uq.To)
 	p := makePlan(windowBounds(from, to, uq.Window, uq.TZ), t, windowLevel[uq.Window])
-	src := source{narrow: !wide, ips: !uq.SkipDistinctIPs}
+	src := source{narrow: !wide && (uq.SkipDistinctIPs || uq.Window == WindowTotal), ips: !uq.SkipDistinctIPs}
 	dims := make([]dimension, len(uq.GroupBy))
 	for i, g := range uq.GroupBy {
 		dims[i] = groupColumns[g]
