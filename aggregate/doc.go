@@ -68,7 +68,10 @@
 // minutes, each narrow level above from the narrow level below), so a
 // narrow row is the sum of the wide rows of its cell; the watermark moves
 // after both. A query that neither groups nor filters by route, method,
-// status_class or gateway reads the narrow tables, with the same plan.
+// status_class or gateway reads the narrow tables, with the same plan, if
+// it skips distinct IPs (UsageQuery.SkipDistinctIPs) or is WindowTotal:
+// per-window distinct IPs merge faster from the many small address sets of
+// the wide rows than from the narrow rows' few large ones.
 //
 // The watermark is read once per query (Querier.UsageFresh returns it with
 // the rows), and from memory when the process's aggregator saved one
