@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,10 @@ type Aggregator struct {
 	// attr and am: see SetAttribution (nil: no attribution).
 	attr *Attribution
 	am   attributionMetrics
+
+	// saved is the watermark this aggregator last saved (Unix ms; 0
+	// before its first tick), for a Querier in the same process.
+	saved atomic.Int64
 }
 
 type aggregatorMetrics struct {
@@ -197,7 +202,18 @@ func (a *Aggregator) tick(ctx context.Context, now time.Time) (TickStats, error)
 	if err := a.db.Exec(ctx, writeWatermarkSQL, store.P("name", watermarkName), store.P("value", hi)); err != nil {
 		return st, fmt.Errorf("save watermark: %w", err)
 	}
+	a.saved.Store(hi.UnixMilli())
 	return st, nil
+}
+
+// savedWatermark returns the watermark this aggregator last saved, and
+// false before it saved one.
+func (a *Aggregator) savedWatermark() (time.Time, bool) {
+	ms := a.saved.Load()
+	if ms == 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms).UTC(), true
 }
 
 // dayGroups is the number of dirty (customer, key, minute) groups of one

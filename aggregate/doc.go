@@ -21,7 +21,9 @@
 //     usage_hour for their hours from usage_minute FINAL (merging the
 //     quantile and distinct-IP states), usage_day from usage_hour FINAL and
 //     usage_month from usage_day FINAL (UTC days and months).
-//   - Only after all four levels succeeded does it save W = B, so a crash
+//   - It recomputes the narrow rollups (per customer, key and window only;
+//     see Reading) of the same windows, each level right after the wide one.
+//   - Only after all levels succeeded does it save W = B, so a crash
 //     re-does the tick; a tick is idempotent.
 //
 // Every rollup table is a ReplacingMergeTree versioned by computed_at, which
@@ -58,6 +60,22 @@
 // rollups, and seconds from raw. Every instant of the range comes from
 // exactly one source, so nothing counts twice whatever the aggregator is
 // doing meanwhile.
+//
+// Every level has a narrow table beside the wide one (usage_key_minute,
+// usage_key_hour, usage_key_day, usage_key_month: customer, key and window
+// only). The tick writes each narrow level right after the wide level of
+// the same windows, for the same dirty groups (narrow minutes from the wide
+// minutes, each narrow level above from the narrow level below), so a
+// narrow row is the sum of the wide rows of its cell; the watermark moves
+// after both. A query that neither groups nor filters by route, method,
+// status_class or gateway reads the narrow tables, with the same plan, if
+// it skips distinct IPs (UsageQuery.SkipDistinctIPs) or is WindowTotal:
+// per-window distinct IPs merge faster from the many small address sets of
+// the wide rows than from the narrow rows' few large ones.
+//
+// The watermark is read once per query (Querier.UsageFresh returns it with
+// the rows), and from memory when the process's aggregator saved one
+// (Querier.SetLocalAggregator).
 //
 // Day and month windows follow UsageQuery.TZ. They cannot come from UTC day
 // rows unless the zone is UTC; they come from hour rows when every local

@@ -26,6 +26,17 @@ var levelTables = [numLevels]string{
 	levelMonth:  "usage_month",
 }
 
+// narrowTables names each level's narrow table (customer, key and window
+// only): the source of queries that neither group nor filter by a wide
+// dimension. The raw level has no narrow table.
+var narrowTables = [numLevels]string{
+	levelRaw:    eventsTable,
+	levelMinute: "usage_key_minute",
+	levelHour:   "usage_key_hour",
+	levelDay:    "usage_key_day",
+	levelMonth:  "usage_key_month",
+}
+
 // windowLevel is the rollup level whose windows equal w's in UTC; for
 // WindowTotal, the coarsest level that fits in the range.
 var windowLevel = map[Window]level{

@@ -196,7 +196,7 @@ func TestUsageSQLBindsEveryValue(t *testing.T) {
 	if err := uq.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	sql, params := buildUsageSQL(uq, mustTime(t, "2026-03-05T12:00:00Z"))
+	sql, params := buildUsageSQL(uq, mustTime(t, "2026-03-05T12:00:00Z"), false)
 	for _, bad := range []string{hostile, "DROP", "Europe/Berlin"} {
 		if strings.Contains(sql, bad) {
 			t.Errorf("the statement contains %q:\n%s", bad, sql)
@@ -219,6 +219,62 @@ func TestUsageSQLBindsEveryValue(t *testing.T) {
 	}
 	if strings.Contains(sql, "usage_day") {
 		t.Errorf("Berlin days must not read UTC day rows:\n%s", sql)
+	}
+}
+
+// TestUsageSQLPicksTheNarrowRollups checks which tables a query reads: the
+// narrow rollups exactly when it neither groups nor filters by a wide
+// dimension, leaves distinct IPs out or has one window over the range (and
+// the wide path is not forced), and the client-IP states only when they
+// are asked for.
+func TestUsageSQLPicksTheNarrowRollups(t *testing.T) {
+	base := UsageQuery{CustomerID: "c", From: mustTime(t, "2026-01-03T10:30:15Z"), To: mustTime(t, "2026-03-09T00:00:00Z"), TZ: time.UTC}
+	cases := []struct {
+		name    string
+		window  Window
+		groupBy []string
+		filters map[string][]string
+		wide    bool
+		narrow  bool
+	}{
+		{"no group", WindowDay, nil, nil, false, true},
+		{"by key", WindowHour, []string{"api_key_id"}, nil, false, true},
+		{"by customer and key", WindowTotal, []string{"customer_id", "api_key_id"}, nil, false, true},
+		{"key filter", WindowMonth, nil, map[string][]string{"api_key_id": {"k"}}, false, true},
+		{"forced wide", WindowDay, nil, nil, true, false},
+		{"by route", WindowDay, []string{"route"}, nil, false, false},
+		{"by key and gateway", WindowDay, []string{"api_key_id", "gateway"}, nil, false, false},
+		{"method filter", WindowDay, nil, map[string][]string{"method": {"GET"}}, false, false},
+		{"status filter", WindowTotal, []string{"api_key_id"}, map[string][]string{"status_class": {"5xx"}}, false, false},
+	}
+	for _, c := range cases {
+		for _, skip := range []bool{false, true} {
+			uq := base
+			uq.Window, uq.GroupBy, uq.Filters, uq.SkipDistinctIPs = c.window, c.groupBy, c.filters, skip
+			if err := uq.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			sql, _ := buildUsageSQL(uq, mustTime(t, "2026-03-05T12:34:00Z"), c.wide)
+			// Per-window distinct IPs stay on the wide rollups.
+			wantNarrow := c.narrow && (skip || c.window == WindowTotal)
+			for l := levelMinute; l < numLevels; l++ {
+				wide := strings.Contains(sql, "FROM "+levelTables[l]+" FINAL")
+				narrow := strings.Contains(sql, "FROM "+narrowTables[l]+" FINAL")
+				if wide && wantNarrow || narrow && !wantNarrow {
+					t.Errorf("%s (skip IPs %v): reads %s (narrow %v, wide %v), want narrow %v:\n%s", c.name, skip, levelTables[l], narrow, wide, wantNarrow, sql)
+				}
+			}
+			top := levelDay
+			if c.window == WindowHour {
+				top = levelHour
+			}
+			if !strings.Contains(sql, "FROM events FINAL") || !strings.Contains(sql, "FROM "+narrowTables[top]+" FINAL") && !strings.Contains(sql, "FROM "+levelTables[top]+" FINAL") {
+				t.Errorf("%s: the plan should read raw and %s rows:\n%s", c.name, levelTables[top], sql)
+			}
+			if got := strings.Contains(sql, "client_ips_state") || strings.Contains(sql, "uniqExact"); got == skip {
+				t.Errorf("%s: SkipDistinctIPs %v, statement reads client IPs %v:\n%s", c.name, skip, got, sql)
+			}
+		}
 	}
 }
 

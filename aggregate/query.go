@@ -92,6 +92,11 @@ type UsageQuery struct {
 	// TZ is the zone of day and month windows and of WindowStart; nil
 	// means UTC.
 	TZ *time.Location
+	// SkipDistinctIPs leaves UsageRow.DistinctClientIPs at 0 instead of
+	// merging the exact sets of client addresses, the costliest measure
+	// of a read, for callers that do not show it. The zero value computes
+	// it, as GET /v1/usage always does.
+	SkipDistinctIPs bool
 }
 
 // ParamError is a bad query parameter.

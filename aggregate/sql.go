@@ -78,13 +78,30 @@ FROM
 )
 GROUP BY customer_id, api_key_id, window_start, route, method, status_class, gateway`
 
+// wideDims are the dimensions of the wide rollup tables after the
+// (customer_id, api_key_id, window_start) that every rollup table starts
+// with; the narrow tables (usage_key_*) have none.
+const wideDims = `route, method, status_class, gateway`
+
+// narrowColumns are the columns of every narrow rollup table, in insert
+// order.
+const narrowColumns = `customer_id, api_key_id, window_start,
+    requests, client_errors, server_errors, units, request_bytes, response_bytes,
+    latency_state, client_ips_state, computed_at`
+
 // mergeLevelSQL builds the statement that recomputes the dirty windows of
 // table to from the FINAL rows of table from. bucket(x) gives the window
 // start (DateTime('UTC')) of the target level for x; the source rows lie
-// in [lower, upper), parameters that hold whole target windows.
-func mergeLevelSQL(to, from string, bucket func(string) string, lower, upper string) string {
-	return `INSERT INTO ` + to + ` (` + rollupColumns + `)
-SELECT customer_id, api_key_id, ` + bucket("window_start") + ` AS w, route, method, status_class, gateway,
+// in [lower, upper), parameters that hold whole target windows. narrow
+// says that the target is a narrow table: the rows are summed over the
+// wide dimensions, which it does not have.
+func mergeLevelSQL(to, from string, bucket func(string) string, lower, upper string, narrow bool) string {
+	cols, dims := rollupColumns, ", "+wideDims
+	if narrow {
+		cols, dims = narrowColumns, ""
+	}
+	return `INSERT INTO ` + to + ` (` + cols + `)
+SELECT customer_id, api_key_id, ` + bucket("window_start") + ` AS w` + dims + `,
     sum(requests), sum(client_errors), sum(server_errors), sum(units), sum(request_bytes), sum(response_bytes),
     quantilesTDigestMergeState(` + latencyQuantiles + `)(latency_state),
     uniqExactMergeState(client_ips_state),
@@ -94,26 +111,33 @@ WHERE window_start >= {` + lower + `:DateTime('UTC')} AND window_start < {` + up
     AND (customer_id, api_key_id, ` + bucket("window_start") + `) IN (
         ` + dirtyGroupsOf(bucket("time")) + `
     )
-GROUP BY customer_id, api_key_id, w, route, method, status_class, gateway`
+GROUP BY customer_id, api_key_id, w` + dims
 }
+
+func minuteOf(x string) string { return "toDateTime(toStartOfMinute(" + x + "), 'UTC')" }
+func hourOf(x string) string   { return "toDateTime(toStartOfHour(" + x + "), 'UTC')" }
+func dayOf(x string) string    { return "toDateTime(toStartOfDay(" + x + "), 'UTC')" }
+func monthOf(x string) string  { return "toDateTime(toStartOfMonth(" + x + "), 'UTC')" }
 
 // tickLevels are the statements of one tick slice, in order: each level
 // reads the one before it. Slices hold whole UTC days, so hours and days
 // read [from, to); months read the whole months around it [mfrom, mto).
+// Each narrow level follows the wide level of the same windows: the
+// narrow minutes sum the wide minutes just recomputed, and each narrow
+// level above sums the narrow level below, as the wide levels do, so a
+// narrow row is the sum of the wide rows of its cell at every level.
 var tickLevels = []struct {
 	name string
 	sql  string
 }{
 	{"minute", minuteSQL},
-	{"hour", mergeLevelSQL("usage_hour", "usage_minute", func(x string) string {
-		return "toDateTime(toStartOfHour(" + x + "), 'UTC')"
-	}, "from", "to")},
-	{"day", mergeLevelSQL("usage_day", "usage_hour", func(x string) string {
-		return "toDateTime(toStartOfDay(" + x + "), 'UTC')"
-	}, "from", "to")},
-	{"month", mergeLevelSQL("usage_month", "usage_day", func(x string) string {
-		return "toDateTime(toStartOfMonth(" + x + "), 'UTC')"
-	}, "mfrom", "mto")},
+	{"key minute", mergeLevelSQL("usage_key_minute", "usage_minute", minuteOf, "from", "to", true)},
+	{"hour", mergeLevelSQL("usage_hour", "usage_minute", hourOf, "from", "to", false)},
+	{"key hour", mergeLevelSQL("usage_key_hour", "usage_key_minute", hourOf, "from", "to", true)},
+	{"day", mergeLevelSQL("usage_day", "usage_hour", dayOf, "from", "to", false)},
+	{"key day", mergeLevelSQL("usage_key_day", "usage_key_hour", dayOf, "from", "to", true)},
+	{"month", mergeLevelSQL("usage_month", "usage_day", monthOf, "mfrom", "mto", false)},
+	{"key month", mergeLevelSQL("usage_key_month", "usage_key_day", monthOf, "mfrom", "mto", true)},
 }
 
 // readWatermarkSQL reads the saved watermark (no row before the first tick).

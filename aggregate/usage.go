@@ -13,24 +13,26 @@ import (
 )
 
 // dimension is a column rows can be grouped by: its column in the rollup
-// tables and its expression over the raw table.
+// tables and its expression over the raw table. narrow tells whether the
+// narrow rollup tables (usage_key_*) have the column.
 type dimension struct {
 	rollup, raw string
+	narrow      bool
 }
 
 // groupColumns maps each GroupByAllowed name to fixed SQL. Request input
 // only ever selects entries of this map; it is never written into SQL.
 var groupColumns = map[string]dimension{
-	"api_key_id":   {"api_key_id", "api_key_id"},
-	"route":        {"route", "route"},
-	"method":       {"method", "method"},
-	"status_class": {"status_class", statusClassExpr},
-	"gateway":      {"gateway", "gateway"},
+	"api_key_id":   {"api_key_id", "api_key_id", true},
+	"route":        {"route", "route", false},
+	"method":       {"method", "method", false},
+	"status_class": {"status_class", statusClassExpr, false},
+	"gateway":      {"gateway", "gateway", false},
 	"customer_id":  customerDimension,
 }
 
 // customerDimension groups UnitsByCustomer and all-customer queries.
-var customerDimension = dimension{"customer_id", "customer_id"}
+var customerDimension = dimension{"customer_id", "customer_id", true}
 
 // condition is a WHERE term of every branch of a usage query: its text
 // over the rollup tables and over the raw table (they differ where a
@@ -45,6 +47,12 @@ func same(c string) condition { return condition{c, c} }
 // Querier answers usage queries from the rollups and the raw table.
 type Querier struct {
 	db store.Conn
+	// local is the aggregator running in this process, if any: its last
+	// saved watermark is read from memory (see SetLocalAggregator).
+	local *Aggregator
+	// wide makes every query read the wide rollups (tests and benchmarks
+	// compare the two paths).
+	wide bool
 }
 
 // NewQuerier returns a Querier reading db.
@@ -52,11 +60,24 @@ func NewQuerier(db store.Conn) *Querier {
 	return &Querier{db: db}
 }
 
+// SetLocalAggregator tells q that a runs in this process: once a has saved
+// a watermark, q takes it from memory instead of reading aggregate_state.
+// That watermark is one this process's aggregator saved after recomputing
+// every level, so its promise holds whatever other aggregators do; before
+// a's first tick, and without a local aggregator, q reads the store. Call
+// it before q serves queries.
+func (q *Querier) SetLocalAggregator(a *Aggregator) { q.local = a }
+
 // Freshness returns the watermark: the rollups include every event
 // ingested before it (zero before the first tick). Usage is exact for
 // events at or after its minute too, which are read from raw; older events
 // ingested after it count from the next tick on.
 func (q *Querier) Freshness(ctx context.Context) (time.Time, error) {
+	if q.local != nil {
+		if w, ok := q.local.savedWatermark(); ok {
+			return w, nil
+		}
+	}
 	w, err := readWatermark(ctx, q.db)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("aggregate: %w", err)
@@ -69,17 +90,30 @@ func (q *Querier) Freshness(ctx context.Context) (time.Time, error) {
 // queries fail with the *ParamError of Validate before anything runs; an
 // answer over MaxRows rows fails with a *ParamError too.
 func (q *Querier) Usage(ctx context.Context, uq UsageQuery) ([]UsageRow, error) {
+	rows, _, err := q.UsageFresh(ctx, uq)
+	return rows, err
+}
+
+// UsageFresh is Usage that also returns the watermark the rows were read
+// at (Freshness, read once): the rows include every event ingested before
+// it.
+func (q *Querier) UsageFresh(ctx context.Context, uq UsageQuery) ([]UsageRow, time.Time, error) {
 	if err := uq.Validate(); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if uq.TZ == nil {
 		uq.TZ = time.UTC
 	}
 	w, err := q.Freshness(ctx)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	sqlText, params := buildUsageSQL(uq, frontier(w))
+	rows, err := q.usage(ctx, uq, w)
+	return rows, w, err
+}
+
+func (q *Querier) usage(ctx context.Context, uq UsageQuery, w time.Time) ([]UsageRow, error) {
+	sqlText, params := buildUsageSQL(uq, frontier(w), q.wide)
 	rows, err := q.db.Query(ctx, sqlText, params...)
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: usage query: %w", err)
@@ -137,7 +171,7 @@ func (q *Querier) UnitsByCustomer(ctx context.Context, from, to time.Time) (map[
 	}
 	from, to = ceilMilli(from), ceilMilli(to)
 	p := makePlan([]time.Time{from, to}, frontier(w), levelMonth)
-	branches, params := branchesSQL(p, []dimension{customerDimension}, nil)
+	branches, params := branchesSQL(p, []dimension{customerDimension}, nil, source{narrow: !q.wide})
 	sqlText := `SELECT g0, toString(sum(u)) FROM (` + branches + `) GROUP BY g0 HAVING sum(r) > 0`
 	rows, err := q.db.Query(ctx, sqlText, params...)
 	if err != nil {
@@ -182,13 +216,21 @@ func ceilMilli(t time.Time) time.Time {
 }
 
 // buildUsageSQL returns the statement answering a validated uq (TZ set)
-// with frontier t, and its parameters.
-func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
+// with frontier t, and its parameters. The narrow rollups serve it when
+// it neither groups nor filters by a dimension they lack and either
+// leaves distinct client IPs out or asks for one window over the whole
+// range, unless wide forces the wide ones. Per-window distinct IPs stay
+// on the wide rollups: a narrow row holds the address set of its whole
+// cell, and merging a few large sets per window was measured slower than
+// the many small ones of the wide rows (docs/performance.md).
+func buildUsageSQL(uq UsageQuery, t time.Time, wide bool) (string, []store.Param) {
 	from, to := ceilMilli(uq.From), ceilMilli(uq.To)
 	p := makePlan(windowBounds(from, to, uq.Window, uq.TZ), t, windowLevel[uq.Window])
+	src := source{narrow: !wide && (uq.SkipDistinctIPs || uq.Window == WindowTotal), ips: !uq.SkipDistinctIPs}
 	dims := make([]dimension, len(uq.GroupBy))
 	for i, g := range uq.GroupBy {
 		dims[i] = groupColumns[g]
+		src.narrow = src.narrow && dims[i].narrow
 	}
 	var filter []condition
 	var params []store.Param
@@ -208,13 +250,14 @@ func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
 			continue
 		}
 		d, pn := groupColumns[name], "filter_"+name
+		src.narrow = src.narrow && d.narrow
 		filter = append(filter, condition{
 			rollup: d.rollup + " IN {" + pn + ":Array(String)}",
 			raw:    d.raw + " IN {" + pn + ":Array(String)}",
 		})
 		params = append(params, store.P(pn, slices.Clone(vals)))
 	}
-	branches, bparams := branchesSQL(p, dims, filter)
+	branches, bparams := branchesSQL(p, dims, filter, src)
 	params = append(params, bparams...)
 
 	var bucket string
@@ -238,6 +281,10 @@ func buildUsageSQL(uq UsageQuery, t time.Time) (string, []store.Param) {
 		groups += ", g" + strconv.Itoa(i)
 	}
 	params = append(params, store.P("limit", uint64(MaxRows+1)))
+	ips := "uniqExactMerge(ips)"
+	if !src.ips {
+		ips = "toUInt64(0)"
+	}
 	return `SELECT bucket` + groups + `, n, n_ce, n_se, toString(n_u), n_rqb, n_rsb,
     if(n = 0, 0, toFloat64(q[1])), if(n = 0, 0, toFloat64(q[2])), if(n = 0, 0, toFloat64(q[3])), n_ips,
     n > 0 AND NOT isNaN(toFloat64(q[1]))
@@ -246,7 +293,7 @@ FROM
     SELECT ` + bucket + ` AS bucket` + groups + `,
         sum(r) AS n, sum(ce) AS n_ce, sum(se) AS n_se, sum(u) AS n_u, sum(rqb) AS n_rqb, sum(rsb) AS n_rsb,
         quantilesTDigestMerge(` + latencyQuantiles + `)(lat) AS q,
-        uniqExactMerge(ips) AS n_ips
+        ` + ips + ` AS n_ips
     FROM
     (
 ` + branches + `
@@ -258,13 +305,32 @@ ORDER BY bucket` + groups + `
 LIMIT {limit:UInt64}`, params
 }
 
+// source says which rollups a query reads and what it computes.
+type source struct {
+	// narrow reads the narrow rollups (usage_key_*); only for queries
+	// whose dimensions and filters all have narrow set.
+	narrow bool
+	// ips reads the client-IP states (the ips column of the branches).
+	ips bool
+}
+
 // branchesSQL returns a UNION ALL of one SELECT per level that the plan
 // uses, each giving rows (ws, g0..gN, r, ce, se, u, rqb, rsb, lat, ips) of
 // the same types: ws is a minute or coarser window start, gI the value of
 // dims[I], then requests, client and server errors, units, request and
-// response bytes, and the latency and client-IP states. Raw rows are
-// aggregated per minute on the fly. filter holds fixed conditions.
-func branchesSQL(p plan, dims []dimension, filter []condition) (string, []store.Param) {
+// response bytes, and the latency and client-IP states (ips only with
+// src.ips). Raw rows are aggregated per minute on the fly. filter holds
+// fixed conditions.
+func branchesSQL(p plan, dims []dimension, filter []condition, src source) (string, []store.Param) {
+	tables := levelTables
+	if src.narrow {
+		tables = narrowTables
+	}
+	rawIPs, rollupIPs := "", ""
+	if src.ips {
+		rawIPs = ",\n            uniqExactStateIf(client_ip, client_ip != '') AS ips"
+		rollupIPs = ", client_ips_state AS ips"
+	}
 	var parts []string
 	var params []store.Param
 	for l := levelMonth; l >= levelRaw; l-- {
@@ -300,8 +366,7 @@ func branchesSQL(p plan, dims []dimension, filter []condition) (string, []store.
 			b.WriteString(`,
             count() AS r, countIf(status >= 400 AND status < 500) AS ce, countIf(status >= 500) AS se,
             sum(units) AS u, sum(ifNull(request_bytes, 0)) AS rqb, sum(ifNull(response_bytes, 0)) AS rsb,
-            quantilesTDigestStateIf(` + latencyQuantiles + `)(assumeNotNull(latency_ms), isNotNull(latency_ms)) AS lat,
-            uniqExactStateIf(client_ip, client_ip != '') AS ips
+            quantilesTDigestStateIf(` + latencyQuantiles + `)(assumeNotNull(latency_ms), isNotNull(latency_ms)) AS lat` + rawIPs + `
         FROM events FINAL
         WHERE `)
 			b.WriteString(strings.Join(where, " AND "))
@@ -317,8 +382,8 @@ func branchesSQL(p plan, dims []dimension, filter []condition) (string, []store.
 			b.WriteString(`,
             requests AS r, client_errors AS ce, server_errors AS se,
             units AS u, request_bytes AS rqb, response_bytes AS rsb,
-            latency_state AS lat, client_ips_state AS ips
-        FROM ` + levelTables[l] + ` FINAL
+            latency_state AS lat` + rollupIPs + `
+        FROM ` + tables[l] + ` FINAL
         WHERE `)
 			b.WriteString(strings.Join(where, " AND "))
 		}

@@ -19,15 +19,27 @@ func ParseUsageQuery(req *http.Request, p auth.Principal, now time.Time) (aggreg
 	return parseUsage(req, p, now)
 }
 
-// ReadUsage runs uq as GET /v1/usage does: freshness first (the rows then
-// include at least what it promises), then the rows, in the response shape
-// of the endpoint.
+// freshUsageReader is a UsageReader that reads the watermark once for
+// both the rows and the freshness it reports (aggregate.Querier).
+type freshUsageReader interface {
+	UsageFresh(ctx context.Context, q aggregate.UsageQuery) ([]aggregate.UsageRow, time.Time, error)
+}
+
+// ReadUsage runs uq as GET /v1/usage does, in the response shape of the
+// endpoint: the rows include at least what the reported freshness
+// promises. A reader with UsageFresh reads the watermark once, for both;
+// another reader is asked for its freshness first, then for the rows.
 func ReadUsage(ctx context.Context, r UsageReader, uq aggregate.UsageQuery) (UsageResponse, error) {
-	fresh, err := r.Freshness(ctx)
-	if err != nil {
-		return UsageResponse{}, err
+	var (
+		fresh time.Time
+		rows  []aggregate.UsageRow
+		err   error
+	)
+	if fr, ok := r.(freshUsageReader); ok {
+		rows, fresh, err = fr.UsageFresh(ctx, uq)
+	} else if fresh, err = r.Freshness(ctx); err == nil {
+		rows, err = r.Usage(ctx, uq)
 	}
-	rows, err := r.Usage(ctx, uq)
 	if err != nil {
 		return UsageResponse{}, err
 	}

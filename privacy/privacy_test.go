@@ -153,6 +153,8 @@ func TestEveryCustomerTableIsClassified(t *testing.T) {
 	}
 	decidedDelete := map[string]bool{"events": true, "usage_minute": true, "usage_hour": true, "usage_day": true,
 		"usage_month": true, "alert_deliveries": true,
+		// The narrow rollups: usage data like the wide ones.
+		"usage_key_minute": true, "usage_key_hour": true, "usage_key_day": true, "usage_key_month": true,
 		// The sink's event id claims: usage data, erased with the events
 		// (the erased-customer blocklist keeps replays out).
 		"event_ids": true}
@@ -194,7 +196,8 @@ func TestEraseCustomer(t *testing.T) {
 	}
 	before := map[string]map[string]string{keepA: snapshot(t, db, keepA), keepB: snapshot(t, db, keepB)}
 	physical := map[string]uint64{}
-	for _, name := range []string{"events", "usage_minute", "usage_hour", "usage_day", "usage_month", "alert_deliveries"} {
+	for _, name := range []string{"events", "usage_minute", "usage_hour", "usage_day", "usage_month",
+		"usage_key_minute", "usage_key_hour", "usage_key_day", "usage_key_month", "alert_deliveries"} {
 		physical[name] = count(t, db, "SELECT count() FROM "+name+" WHERE customer_id = {c:String}", store.P("c", gone))
 		if physical[name] == 0 {
 			t.Fatalf("no %s rows for %s before the erasure", name, gone)
@@ -617,7 +620,7 @@ func TestExportMatchesTables(t *testing.T) {
 			want[tb.Name] = int(n)
 		}
 	}
-	if want["events"] != 750 || want["usage_minute"] == 0 || want["alert_deliveries"] != 1 {
+	if want["events"] != 750 || want["usage_minute"] == 0 || want["usage_key_minute"] == 0 || want["usage_key_month"] == 0 || want["alert_deliveries"] != 1 {
 		t.Fatalf("fixture: %v", want)
 	}
 

@@ -102,8 +102,8 @@ func migrateOptions(c *Config) store.MigrateOptions {
 }
 
 // retentionRules is how long each table class keeps rows: raw events and
-// the alert delivery log retention.raw_months, the rollups
-// retention.rollup_months, the billing ledger and invoice log
+// the alert delivery log retention.raw_months, the rollups (wide and
+// narrow) retention.rollup_months, the billing ledger and invoice log
 // retention.ledger_months. Migrations create the tables with these TTLs;
 // serve and migrate bring existing tables to them when the settings change.
 func retentionRules(c *Config) []store.RetentionRule {
@@ -115,6 +115,10 @@ func retentionRules(c *Config) []store.RetentionRule {
 		{Table: "usage_hour", Column: "window_start", Months: roll},
 		{Table: "usage_day", Column: "window_start", Months: roll},
 		{Table: "usage_month", Column: "window_start", Months: roll},
+		{Table: "usage_key_minute", Column: "window_start", Months: roll},
+		{Table: "usage_key_hour", Column: "window_start", Months: roll},
+		{Table: "usage_key_day", Column: "window_start", Months: roll},
+		{Table: "usage_key_month", Column: "window_start", Months: roll},
 		{Table: "alert_deliveries", Column: "attempted_at", Months: raw},
 		{Table: "billing_ledger", Column: "attempted_at", Months: c.Retention.LedgerMonths},
 		{Table: "billing_invoices", Column: "received_at", Months: c.Retention.LedgerMonths},
@@ -276,13 +280,18 @@ func serve(ctx context.Context, cfg *Config, roles []string, log *slog.Logger) e
 		goRun(roleSink, sink.Run)
 		checks = append(checks, readyCheck{"sink", sink.Ready}) // 503 while a storage fault holds the offsets
 	}
+	var agg *aggregate.Aggregator
 	if has(roleAggregator) {
-		agg := aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))
+		agg = aggregate.NewAggregator(cfg.Aggregate, db, reg, log.With("role", roleAggregator))
 		attributeUnassigned(agg, registry, db, reg)
 		goRun(roleAggregator, agg.Run)
 	}
 	if has(roleQuery) {
 		querier := aggregate.NewQuerier(db)
+		if agg != nil {
+			// The watermark of this process's aggregator, from memory.
+			querier.SetLocalAggregator(agg)
+		}
 		view := limits.NewView(cfg.Limits, registry, querier, db, reg, log.With("role", roleQuery))
 		defer view.Close()
 		if view.AlertsOn() && cfg.Limits.AlertSender == limits.AlertSenderLease {
