@@ -20,16 +20,34 @@ const LocalSuffix = "_local"
 // shardingKeys names the tables that are split across the shards of a
 // multi-shard cluster, with their sharding key. Every key keeps one
 // customer's rows on one shard, so FINAL, the rollups' IN subqueries and a
-// customer's erasure work shard by shard. Every other table (the watermark,
-// the ledgers, the privacy log, the migrations' record) is small and is
-// replicated to every node of the cluster instead.
+// customer's erasure work shard by shard. The tables of everyNode (the
+// watermark, the ledgers, the privacy log, the migrations' record) are
+// small and are replicated to every node of the cluster instead. With
+// several shards a table in neither list is refused, so that a new table is
+// placed on purpose.
 var shardingKeys = map[string]string{
-	"events":       "cityHash64(customer_id)",
-	"event_ids":    "cityHash64(customer_id)",
-	"usage_minute": "cityHash64(customer_id)",
-	"usage_hour":   "cityHash64(customer_id)",
-	"usage_day":    "cityHash64(customer_id)",
-	"usage_month":  "cityHash64(customer_id)",
+	"events":           "cityHash64(customer_id)",
+	"event_ids":        "cityHash64(customer_id)",
+	"usage_minute":     "cityHash64(customer_id)",
+	"usage_hour":       "cityHash64(customer_id)",
+	"usage_day":        "cityHash64(customer_id)",
+	"usage_month":      "cityHash64(customer_id)",
+	"usage_key_minute": "cityHash64(customer_id)",
+	"usage_key_hour":   "cityHash64(customer_id)",
+	"usage_key_day":    "cityHash64(customer_id)",
+	"usage_key_month":  "cityHash64(customer_id)",
+}
+
+// everyNode names the small tables every node of a cluster holds whole.
+var everyNode = map[string]bool{
+	"aggregate_state":   true,
+	"alert_deliveries":  true,
+	"billing_ledger":    true,
+	"billing_invoices":  true,
+	"privacy_erasures":  true,
+	"privacy_audit":     true,
+	"sink_canary":       true,
+	"schema_migrations": true,
 }
 
 // Layout says how Migrate lays the schema out on a ClickHouse server. The
@@ -194,6 +212,9 @@ func (l Layout) createTable(stmt, masked string) ([]string, error) {
 		}
 		args = strings.TrimSpace(stmt[open+1 : closing])
 		argsEnd = closing + 1
+	}
+	if _, sharded := shardingKeys[table]; l.sharded() && !sharded && !everyNode[table] {
+		return nil, fmt.Errorf("store: cluster layout: table %s is neither sharded by customer nor kept whole on every node: add it to shardingKeys or everyNode in store/cluster.go", table)
 	}
 	target := table
 	if l.isShardedTable(table) {
