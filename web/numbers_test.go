@@ -242,6 +242,13 @@ func TestOverviewEqualsAPI(t *testing.T) {
 			prev = n
 		}
 	}
+	// Beyond 24 hours the overview counts no distinct networks over every
+	// customer (an exact union that grows with the range) and says where
+	// the figure is.
+	week := b.get(t, "/ui/overview?range=7d")
+	if week.code != http.StatusOK || strings.Contains(week.body, `data-testid="overview-ips"`) || !strings.Contains(week.body, `data-testid="overview-ips-note"`) {
+		t.Errorf("overview over 7 days: %d; want no distinct-network figure and the note", week.code)
+	}
 	// Customer sessions get no overview.
 	c := f.browser()
 	c.signIn(t, tokAcme)
