@@ -247,7 +247,14 @@ customers:
 	defer upstream.Close()
 	g := startNginx(t, bin, s.k, strings.TrimPrefix(upstream.URL, "http://"), testenv.Unique("nginx"), "",
 		nginxLimits{endpoint: "http://" + s.addr, token: nlIngest, opts: "poll_interval = 0.1, max_staleness = 10,"})
-	c := &http.Client{Timeout: 10 * time.Second}
+	// A transport of the test's own: before the quit below, it closes every
+	// connection it holds, including one dialled for a request that another
+	// connection served, which nginx would otherwise wait on (a connection
+	// that never sent a request is not idle to it) until
+	// client_header_timeout.
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	get := func(key string) nginxAnswer {
 		t.Helper()
 		a, err := nginxGet(c, g.URL, key)
@@ -364,8 +371,9 @@ customers:
 	})
 	t.Logf("nginx, hard limit 5: refused %s after the fifth unit; %d requests passed in all", time.Since(fifth).Round(time.Millisecond), capAllowed)
 
+	tr.CloseIdleConnections()      // later dials are closed too
 	if !g.stop(30 * time.Second) { // nginx sends the events it holds as it quits
-		t.Fatal("nginx did not quit")
+		t.Fatalf("nginx did not quit:\n%s", g.processes())
 	}
 	total := len(answers)
 	testenv.Eventually(t, 2*time.Minute, func() error { // the pipeline's catch-up on a loaded machine
@@ -436,7 +444,9 @@ func TestGatewayNginxLimitsBadAnswers(t *testing.T) {
 	defer upstream.Close()
 	g := startNginx(t, bin, KafkaConfig{Brokers: []string{"127.0.0.1:9"}, Topic: "unused"}, strings.TrimPrefix(upstream.URL, "http://"), "gw", "",
 		nginxLimits{endpoint: standIn.URL, token: "tok", opts: `poll_interval = 0.05, max_staleness = 600, fail_mode = "closed",`})
-	c := &http.Client{Timeout: 10 * time.Second}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if calls.Load() < 3 {
 			return fmt.Errorf("%d fetches", calls.Load())

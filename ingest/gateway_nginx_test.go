@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,6 +111,13 @@ func startNginx(t *testing.T, bin string, k KafkaConfig, upstream, gateway, init
 		}
 		conf = strings.Replace(conf, call, call+" "+lim.opts, 1)
 	}
+	// The tests log at info: lua-nginx-kafka reports its retries there, and
+	// a worker that does not quit has to say why.
+	const warnLog = "error.log warn;"
+	if strings.Count(conf, warnLog) != 1 {
+		t.Fatalf("meterline.conf.tmpl: no single %q to lower", warnLog)
+	}
+	conf = strings.Replace(conf, warnLog, "error.log info;", 1)
 	confPath := filepath.Join(g.dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -159,6 +167,31 @@ func startNginx(t *testing.T, bin string, k KafkaConfig, upstream, gateway, init
 func (g *nginxGateway) errorLog() string {
 	b, _ := os.ReadFile(filepath.Join(g.dir, "error.log"))
 	return string(b)
+}
+
+// processes describes nginx's processes and their TCP connections, for a
+// test whose nginx did not quit: which worker still runs, and whom it still
+// talks to.
+func (g *nginxGateway) processes() string {
+	var b strings.Builder
+	ps, _ := exec.Command("ps", "-eo", "pgid,pid,stat,wchan:20,etime,args").CombinedOutput()
+	pgid := strconv.Itoa(g.cmd.Process.Pid)
+	for _, l := range strings.Split(string(ps), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == pgid {
+			b.WriteString(l + "\n")
+		}
+	}
+	ss, _ := exec.Command("ss", "-tanpi").CombinedOutput()
+	lines := strings.Split(string(ss), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, `"nginx"`) {
+			b.WriteString(l + "\n")
+			if i+1 < len(lines) && !strings.Contains(lines[i+1], "users:") {
+				b.WriteString(lines[i+1] + "\n")
+			}
+		}
+	}
+	return b.String()
 }
 
 // stop asks nginx to quit gracefully (SIGQUIT: finish the requests in hand,
@@ -348,7 +381,7 @@ func TestGatewayNginxFlushesOnQuit(t *testing.T) {
 		t.Fatalf("%d events were sent before the quit; the test wants them all still buffered", n)
 	}
 	if !g.stop(30 * time.Second) {
-		t.Fatal("nginx did not exit within 30s of SIGQUIT")
+		t.Fatalf("nginx did not exit within 30s of SIGQUIT:\n%s", g.processes())
 	}
 	waitGatewayStored(t, db, prefix, metered)
 	if err := stop(); err != nil {
