@@ -3,7 +3,10 @@
 package ingest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -69,6 +72,13 @@ type limitsServe struct {
 // ends.
 func startLimitsServe(t *testing.T, catalogue string) *limitsServe {
 	t.Helper()
+	return startLimitsServeTLS(t, catalogue, "", "", nil)
+}
+
+// startLimitsServeTLS is startLimitsServe serving HTTPS with the
+// certificate when certFile is set (pool trusts it).
+func startLimitsServeTLS(t *testing.T, catalogue, certFile, keyFile string, pool *x509.CertPool) *limitsServe {
+	t.Helper()
 	testenv.Require(t, testenv.EnvChdb)
 	brokers := testenv.KafkaBrokers(t)
 	bin := meterlineBinary(t)
@@ -79,8 +89,12 @@ func startLimitsServe(t *testing.T, catalogue string) *limitsServe {
 	}
 	topic := testenv.Unique("nginx-limits")
 	addr := "127.0.0.1:" + testenv.FreePort(t)
+	scheme, tlsCfg := "http", ""
+	if certFile != "" {
+		scheme, tlsCfg = "https", fmt.Sprintf("\n  tls: {cert_file: %s, key_file: %s}", certFile, keyFile)
+	}
 	cfg := fmt.Sprintf(`http:
-  addr: %s
+  addr: %s%s
 kafka:
   brokers: [%s]
   topic: %s
@@ -102,7 +116,7 @@ auth:
   tokens:
     - {name: gateway, sha256: %s, scopes: [ingest]}
     - {name: admin, sha256: %s, scopes: [admin]}
-`, addr, strings.Join(brokers, ","), topic, filepath.Join(dir, "ch"), topic, cat, auth.Hash(nlIngest), auth.Hash(nlAdmin))
+`, addr, tlsCfg, strings.Join(brokers, ","), topic, filepath.Join(dir, "ch"), topic, cat, auth.Hash(nlIngest), auth.Hash(nlAdmin))
 	cfgPath := filepath.Join(dir, "meterline.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -128,7 +142,9 @@ auth:
 			t.Fatalf("meterline exited early:\n%s", logs.String())
 		default:
 		}
-		resp, err := http.Get("http://" + addr + "/readyz")
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		defer client.CloseIdleConnections()
+		resp, err := client.Get(scheme + "://" + addr + "/readyz")
 		if err != nil {
 			return err
 		}
@@ -411,6 +427,66 @@ customers:
 			t.Errorf("stored event %+v", e)
 		}
 	}
+}
+
+// TestGatewayNginxLimitsOverHTTPS: nginx fetches the limits from a
+// Meterline serving HTTPS and verifies its certificate. Trusting the
+// certificate, it refuses a disabled key (403) and passes an active one;
+// trusting another certificate (fail_mode closed), it has no copy to enforce
+// from, answers 503 to every request with a key and logs why.
+func TestGatewayNginxLimitsOverHTTPS(t *testing.T) {
+	bin := testenv.Require(t, envNginx)
+	u := testenv.Unique("")
+	kOn, kDis := "nk_tls_on"+u, "nk_tls_dis"+u
+	certFile, keyFile, pool := testenv.SelfSignedCert(t)
+	s := startLimitsServeTLS(t, fmt.Sprintf(`plans:
+  - {id: free, included_units: 1000}
+customers:
+  - id: ntls%s
+    plan: free
+    keys: [%s, {id: %s, disabled: true}]
+`, u, kOn, kDis), certFile, keyFile, pool)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer upstream.Close()
+	const opts = `poll_interval = 0.1, max_staleness = 5, fail_mode = "closed",`
+	lim := nginxLimits{endpoint: "https://" + s.addr, token: nlIngest, ca: certFile, opts: opts}
+	good := startNginx(t, bin, s.k, strings.TrimPrefix(upstream.URL, "http://"), testenv.Unique("nginx-tls"), "", lim)
+	lim.ca, _, _ = testenv.SelfSignedCert(t) // the same name, another key
+	bad := startNginx(t, bin, s.k, strings.TrimPrefix(upstream.URL, "http://"), testenv.Unique("nginx-tls-bad"), "", lim)
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		a, err := nginxGet(c, good.URL, kDis)
+		if err != nil {
+			return err
+		}
+		if a.code != http.StatusForbidden || a.reason != "key_disabled" {
+			return fmt.Errorf("disabled key: %d %s", a.code, a.reason)
+		}
+		return nil
+	})
+	if a, err := nginxGet(c, good.URL, kOn); err != nil || a.code != http.StatusOK {
+		t.Fatalf("active key through the nginx that trusts Meterline's certificate: %+v %v", a, err)
+	}
+
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if l := bad.errorLog(); !strings.Contains(l, "meterline: fetching limits failed") || !strings.Contains(l, "TLS 127.0.0.1") {
+			return errors.New("no failed TLS fetch in the error log yet")
+		}
+		return nil
+	})
+	for _, k := range []string{kOn, kDis} {
+		a, err := nginxGet(c, bad.URL, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.code != http.StatusServiceUnavailable || a.reason != "limits_unavailable" {
+			t.Errorf("key %s through the nginx that does not trust the certificate: %d %s, want 503 limits_unavailable", k, a.code, a.reason)
+		}
+	}
+	t.Logf("the nginx that does not trust the certificate logs:\n%s", bad.errorLog())
 }
 
 // TestGatewayNginxLimitsBadAnswers: a hand-written stand-in for Meterline's

@@ -57,6 +57,7 @@ func startNginxGateway(t *testing.T, bin string, k KafkaConfig, upstream, gatewa
 // endpoint, no enforcement.
 type nginxLimits struct {
 	endpoint, token string
+	ca              string // trusted CA file; default: a certificate of the test's own
 	opts            string // Lua added to the options of its init
 }
 
@@ -77,6 +78,10 @@ func startNginx(t *testing.T, bin string, k KafkaConfig, upstream, gateway, init
 
 		"METERLINE_LIMITS_ENDPOINT": lim.endpoint,
 		"METERLINE_LIMITS_TOKEN":    lim.token,
+		"METERLINE_LIMITS_CA":       lim.ca,
+	}
+	if lim.ca == "" { // nginx wants a file, whether or not it is used
+		vars["METERLINE_LIMITS_CA"], _, _ = testenv.SelfSignedCert(t)
 	}
 	tmpl, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "deploy", "nginx", "meterline.conf.tmpl"))
 	if err != nil {
